@@ -1,0 +1,491 @@
+"""Datasets on disk -> one sample table and masks as (H, W, C) arrays.
+
+Two layouts are read:
+
+* **kaggle**: ``train.csv`` (``ImageId,ClassId,EncodedPixels``, the older
+  ``ImageId_ClassId,EncodedPixels``, or a submission's ``ImageId,EncodedPixels,ClassId``) beside
+  ``train_images/``. Images without a row are defect-free.
+* **masks** (VOC-style, e.g. NEU-Seg): ``JPEGImages/`` with ``SegmentationClass/*.png`` of class
+  indices (0 = background) and optional ``ImageSets/Segmentation/*.txt`` split lists.
+
+Class names come from a ``classes.txt`` in the dataset root (one name per line), from the caller,
+or default to ``class1..classC`` with C read from the data. Image sizes come from the images.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steelseg import rle
+from steelseg.errors import DataError, RLEError
+
+__all__ = [
+    "DefectDataset",
+    "SegmentationSamples",
+    "convert_to_kaggle",
+    "load_image",
+    "open_dataset",
+    "read_image_ids",
+    "write_kaggle_csv",
+]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def load_image(path: str | Path, channels: int = 1) -> np.ndarray:
+    """Read an image as uint8, (H, W) for 1 channel or (H, W, 3); clear errors when it is bad."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            return np.asarray(im)
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except OSError as exc:  # PIL raises OSError for truncated files
+        raise DataError(f"{path}: unreadable or truncated image ({exc})") from None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the image header without decoding the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable image ({exc})") from None
+    return h, w
+
+
+def _list_images(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+
+
+def _read_class_names(root: Path) -> list[str] | None:
+    f = root / "classes.txt"
+    if not f.is_file():
+        return None
+    names = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
+    if names and names[0].lower() in {"background", "_background_", "bg"}:
+        names = names[1:]
+    return names or None
+
+
+def read_image_ids(path: str | Path) -> list[str]:
+    """Read a split or id list: one image id (or file stem) per line."""
+    return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+@dataclass
+class DefectDataset:
+    """A defect dataset: the sample table plus what is needed to load images and masks.
+
+    ``table`` has one row per image: ``image_id``, ``path``, ``height``, ``width`` and for each
+    class id c (1-based) ``area_c`` (mask pixels) and ``has_c`` (presence).
+    """
+
+    root: Path
+    layout: str
+    class_names: list[str]
+    table: pd.DataFrame
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    rles: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)
+    mask_paths: dict[str, Path] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return self.table["image_id"].tolist()
+
+    def presence(self) -> np.ndarray:
+        """(N, C) bool matrix of which classes each image holds."""
+        return self.table[[f"has_{c}" for c in range(1, self.num_classes + 1)]].to_numpy(bool)
+
+    def areas(self) -> np.ndarray:
+        """(N, C) mask pixel counts."""
+        return self.table[[f"area_{c}" for c in range(1, self.num_classes + 1)]].to_numpy(np.int64)
+
+    def row(self, image_id: str) -> pd.Series:
+        idx = self._index().get(image_id)
+        if idx is None:
+            raise DataError(f"{self.root}: no image {image_id!r} in this dataset")
+        return self.table.iloc[idx]
+
+    def _index(self) -> dict[str, int]:
+        cache = getattr(self, "_idx_cache", None)
+        if cache is None or len(cache) != len(self.table):
+            cache = {k: i for i, k in enumerate(self.table["image_id"])}
+            object.__setattr__(self, "_idx_cache", cache)
+        return cache
+
+    def load_image(self, image_id: str, channels: int = 1) -> np.ndarray:
+        return load_image(self.row(image_id)["path"], channels)
+
+    def load_mask(self, image_id: str) -> np.ndarray:
+        """(H, W, C) uint8 mask of 0/1 for one image."""
+        r = self.row(image_id)
+        h, w = int(r["height"]), int(r["width"])
+        if self.layout == "kaggle":
+            out = np.zeros((h, w, self.num_classes), np.uint8)
+            for c in range(1, self.num_classes + 1):
+                code = self.rles.get((image_id, c))
+                if code:
+                    out[..., c - 1] = rle.decode(code, (h, w))
+            return out
+        labels = _read_label_png(self.mask_paths[image_id], (h, w), self.num_classes)
+        return _one_hot(labels, self.num_classes)
+
+    def subset(self, image_ids: Sequence[str]) -> DefectDataset:
+        """A dataset restricted to ``image_ids`` (order kept); unknown ids are an error."""
+        idx = self._index()
+        missing = [i for i in image_ids if i not in idx]
+        if missing:
+            raise DataError(
+                f"{len(missing)} image id(s) not in {self.root}, e.g. {missing[:3]}: "
+                "check the split or folds file against the dataset"
+            )
+        table = self.table.iloc[[idx[i] for i in image_ids]].reset_index(drop=True)
+        keep = set(image_ids)
+        return replace(
+            self,
+            table=table,
+            splits={k: [i for i in v if i in keep] for k, v in self.splits.items()},
+        )
+
+    def split(self, name: str) -> DefectDataset:
+        if name not in self.splits:
+            raise DataError(
+                f"{self.root}: no split {name!r}; available: {sorted(self.splits) or 'none'}"
+            )
+        return self.subset(self.splits[name])
+
+    def summary(self) -> dict[str, Any]:
+        """Counts a user wants first: images, defect-free share, per-class images and pixels."""
+        pres = self.presence()
+        areas = self.areas()
+        pixels = float((self.table["height"] * self.table["width"]).sum())
+        sizes = sorted({(int(h), int(w)) for h, w in zip(self.table["height"], self.table["width"])})
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "images": int(len(self.table)),
+            "defect_free": int((~pres.any(axis=1)).sum()),
+            "defect_free_share": float((~pres.any(axis=1)).mean()) if len(pres) else 0.0,
+            "image_sizes": [f"{w}x{h}" for h, w in sizes],
+            "splits": {k: len(v) for k, v in self.splits.items()},
+            "classes": [
+                {
+                    "id": c + 1,
+                    "name": name,
+                    "images": int(pres[:, c].sum()),
+                    "pixel_share": float(areas[:, c].sum() / pixels) if pixels else 0.0,
+                }
+                for c, name in enumerate(self.class_names)
+            ],
+        }
+
+
+def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return (labels[..., None] == np.arange(1, num_classes + 1, dtype=labels.dtype)).astype(np.uint8)
+
+
+def _read_label_png(path: Path, shape: tuple[int, int] | None, num_classes: int | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise DataError(
+                    f"{path}: mask mode {im.mode}; masks must be single-channel PNGs of class "
+                    "indices (0 = background)"
+                )
+            labels = np.asarray(im)
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable mask image") from None
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable or truncated mask ({exc})") from None
+    if shape is not None and labels.shape != tuple(shape):
+        raise DataError(
+            f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} but its image is "
+            f"{shape[1]}x{shape[0]}; masks must match their image size"
+        )
+    if num_classes is not None and labels.size and int(labels.max()) > num_classes:
+        raise DataError(
+            f"{path}: unknown class id {int(labels.max())} in mask; this dataset has classes "
+            f"1..{num_classes} (0 = background)"
+        )
+    return labels
+
+
+def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="img", leave=False)
+
+
+def _build_table(
+    rows: list[dict[str, Any]], num_classes: int, areas: np.ndarray
+) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=["image_id", "path", "height", "width"])
+    for c in range(num_classes):
+        table[f"area_{c + 1}"] = areas[:, c] if len(rows) else np.zeros(0, np.int64)
+    for c in range(num_classes):
+        table[f"has_{c + 1}"] = table[f"area_{c + 1}"] > 0
+    return table
+
+
+def _read_kaggle_csv(csv_path: Path) -> list[tuple[int, str, int, str]]:
+    """Rows of (line number, image id, class id, rle) from any of the three Kaggle CSV forms."""
+    try:
+        fh = open(csv_path, newline="")
+    except OSError as exc:
+        raise DataError(f"{csv_path}: cannot open ({exc})") from None
+    out = []
+    with fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{csv_path}: empty file; expected a header ImageId,ClassId,EncodedPixels")
+        cols = [h.strip() for h in header]
+        if "ImageId_ClassId" in cols and "EncodedPixels" in cols:
+            i_id, i_rle, i_cls = cols.index("ImageId_ClassId"), cols.index("EncodedPixels"), None
+        elif {"ImageId", "ClassId", "EncodedPixels"} <= set(cols):
+            i_id, i_cls, i_rle = cols.index("ImageId"), cols.index("ClassId"), cols.index("EncodedPixels")
+        else:
+            raise DataError(
+                f"{csv_path}:1: header {','.join(cols)!r} not understood; expected "
+                "'ImageId,ClassId,EncodedPixels' or 'ImageId_ClassId,EncodedPixels'"
+            )
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not x.strip() for x in row):
+                continue
+            if len(row) != len(cols):
+                raise DataError(f"{csv_path}:{line}: {len(row)} fields, header has {len(cols)}")
+            if i_cls is None:
+                image_id, _, cls = row[i_id].rpartition("_")
+            else:
+                image_id, cls = row[i_id], row[i_cls]
+            try:
+                class_id = int(cls)
+            except ValueError:
+                raise DataError(f"{csv_path}:{line}: class id {cls!r} is not an integer") from None
+            out.append((line, image_id.strip(), class_id, row[i_rle].strip()))
+    return out
+
+
+def _open_kaggle(root: Path, csv_path: Path, class_names: list[str] | None, images_dir: Path,
+                 progress: bool) -> DefectDataset:
+    rows = _read_kaggle_csv(csv_path)
+    if class_names is None:
+        n = max((c for _, _, c, _ in rows), default=0)
+        class_names = [f"class{c}" for c in range(1, max(n, 1) + 1)]
+    num_classes = len(class_names)
+    images = _list_images(images_dir)
+    rles: dict[tuple[str, int], str] = {}
+    first_line: dict[tuple[str, int], int] = {}
+    for line, image_id, class_id, code in rows:
+        if not 1 <= class_id <= num_classes:
+            raise DataError(
+                f"{csv_path}:{line}: unknown class id {class_id}; valid ids are 1..{num_classes} "
+                f"({', '.join(class_names)})"
+            )
+        if image_id not in images:
+            raise DataError(f"{csv_path}:{line}: image {image_id!r} not found in {images_dir}")
+        key = (image_id, class_id)
+        if key in first_line:
+            raise DataError(
+                f"{csv_path}:{line}: duplicate row for image {image_id!r} class {class_id} "
+                f"(first at line {first_line[key]}); keep one row per (image, class)"
+            )
+        first_line[key] = line
+        if code:
+            rles[key] = code
+    table_rows, sizes = [], {}
+    for image_id, path in _progress(images.items(), len(images), "reading headers", progress):
+        h, w = _image_size(path)
+        sizes[image_id] = (h, w)
+        table_rows.append({"image_id": image_id, "path": str(path), "height": h, "width": w})
+    index = {r["image_id"]: i for i, r in enumerate(table_rows)}
+    areas = np.zeros((len(table_rows), num_classes), np.int64)
+    for (image_id, class_id), code in rles.items():
+        h, w = sizes[image_id]
+        try:
+            areas[index[image_id], class_id - 1] = rle.rle_area(code, h * w)
+        except RLEError as exc:
+            raise RLEError(
+                f"{csv_path}:{first_line[(image_id, class_id)]}: image {image_id} class {class_id} "
+                f"({w}x{h}): {exc}"
+            ) from None
+    splits = {}
+    split_dir = root / "splits"
+    if split_dir.is_dir():
+        splits = {p.stem: read_image_ids(p) for p in sorted(split_dir.glob("*.txt"))}
+    return DefectDataset(root, "kaggle", list(class_names), _build_table(table_rows, num_classes, areas),
+                         splits, rles=rles)
+
+
+def _open_masks(root: Path, class_names: list[str] | None, progress: bool) -> DefectDataset:
+    img_dir, mask_dir = root / "JPEGImages", root / "SegmentationClass"
+    images = {p.stem: p for p in _list_images(img_dir).values()}
+    if not mask_dir.is_dir():
+        raise DataError(f"{mask_dir}: mask folder not found")
+    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"}
+    orphans = sorted(set(masks) - set(images))
+    if orphans:
+        raise DataError(
+            f"{mask_dir / (orphans[0] + '.png')}: mask without an image (missing image "
+            f"{img_dir / orphans[0]}.*); {len(orphans)} such mask(s)"
+        )
+    unmasked = sorted(set(images) - set(masks))
+    if unmasked:
+        raise DataError(
+            f"{images[unmasked[0]]}: image without a mask in {mask_dir} ({len(unmasked)} such "
+            "image(s)); give defect-free images an all-zero mask"
+        )
+    num_classes = len(class_names) if class_names else None
+    table_rows, hists = [], []
+    for stem, path in _progress(images.items(), len(images), "reading masks", progress):
+        h, w = _image_size(path)
+        labels = _read_label_png(masks[stem], (h, w), num_classes)
+        hists.append(np.bincount(labels.ravel(), minlength=256)[:256] if labels.size else np.zeros(256, np.int64))
+        table_rows.append({"image_id": stem, "path": str(path), "height": h, "width": w})
+    hist = np.stack(hists) if hists else np.zeros((0, 256), np.int64)
+    if class_names is None:
+        seen = np.flatnonzero(hist.sum(0))
+        n = int(seen.max()) if seen.size else 1
+        class_names = [f"class{c}" for c in range(1, max(n, 1) + 1)]
+    areas = hist[:, 1 : len(class_names) + 1]
+    split_dir = root / "ImageSets" / "Segmentation"
+    splits = {}
+    if split_dir.is_dir():
+        for p in sorted(split_dir.glob("*.txt")):
+            ids = [Path(i).stem for i in read_image_ids(p)]
+            unknown = [i for i in ids if i not in images]
+            if unknown:
+                raise DataError(f"{p}: {len(unknown)} id(s) with no image, e.g. {unknown[:3]}")
+            splits[p.stem] = ids
+    return DefectDataset(root, "masks", list(class_names), _build_table(table_rows, len(class_names), areas),
+                         splits, mask_paths={k: masks[k] for k in images})
+
+
+def open_dataset(path: str | Path, class_names: Sequence[str] | None = None,
+                 progress: bool = False) -> DefectDataset:
+    """Open a dataset in either supported layout, detected from what is on disk.
+
+    ``path`` is the dataset folder (or a Kaggle CSV beside its ``train_images/``).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: dataset path does not exist")
+    if p.is_file() and p.suffix.lower() == ".csv":
+        root, csv_path = p.parent, p
+    else:
+        root, csv_path = p, p / "train.csv"
+    names = list(class_names) if class_names else _read_class_names(root)
+    if csv_path.is_file():
+        return _open_kaggle(root, csv_path, names, root / "train_images", progress)
+    if (root / "SegmentationClass").is_dir() or (root / "JPEGImages").is_dir():
+        return _open_masks(root, names, progress)
+    raise DataError(
+        f"{p}: no dataset found; expected train.csv + train_images/ (Kaggle layout) or "
+        "JPEGImages/ + SegmentationClass/ (mask-folder layout)"
+    )
+
+
+def write_kaggle_csv(path: str | Path, rows: list[tuple[str, int, str]]) -> None:
+    """Write (image id, class id, rle) rows as a 3-column Kaggle ``train.csv``, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["ImageId", "ClassId", "EncodedPixels"])
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def convert_to_kaggle(src: DefectDataset, dst: str | Path, progress: bool = False) -> Path:
+    """Write any dataset as a Kaggle layout: train_images/, train.csv, classes.txt, splits/."""
+    dst = Path(dst)
+    img_dir = dst / "train_images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, int, str]] = []
+    renamed: dict[str, str] = {}
+    for image_id, path in _progress(zip(src.table["image_id"], src.table["path"]), len(src.table),
+                                    "converting", progress):
+        name = Path(path).name
+        renamed[image_id] = name
+        shutil.copyfile(path, img_dir / name)
+        mask = src.load_mask(image_id)
+        for c in range(src.num_classes):
+            if mask[..., c].any():
+                rows.append((name, c + 1, rle.encode(mask[..., c])))
+    write_kaggle_csv(dst / "train.csv", rows)
+    (dst / "classes.txt").write_text("\n".join(src.class_names) + "\n")
+    if src.splits:
+        (dst / "splits").mkdir(exist_ok=True)
+        for name, ids in src.splits.items():
+            (dst / "splits" / f"{name}.txt").write_text("".join(renamed[i] + "\n" for i in ids))
+    return dst
+
+
+class SegmentationSamples:
+    """Map-style dataset for a torch DataLoader: dicts of image, mask and labels as arrays.
+
+    ``transform`` is an albumentations-style callable ``(image=..., mask=...) -> dict``. Images
+    come out as float32 (C, H, W) normalised with ``mean``/``std`` (in 0..1 units), masks as
+    float32 (K, H, W) and ``labels`` as float32 (K,) class presence.
+    """
+
+    def __init__(self, dataset: DefectDataset, transform: Callable[..., dict] | None = None,
+                 channels: int = 1, mean: Sequence[float] = (0.449,), std: Sequence[float] = (0.226,),
+                 with_masks: bool = True) -> None:
+        self.dataset = dataset
+        self.ids = dataset.image_ids
+        self.transform = transform
+        self.channels = channels
+        self.mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+        self.with_masks = with_masks
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image_id = self.ids[i]
+        image = self.dataset.load_image(image_id, self.channels)
+        mask = self.dataset.load_mask(image_id) if self.with_masks else None
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
+            image, mask = out["image"], out.get("mask", mask)
+        x = image.astype(np.float32) / 255.0
+        x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+        x = (x - self.mean) / self.std
+        item: dict[str, Any] = {"image": np.ascontiguousarray(x, np.float32), "image_id": image_id}
+        if mask is not None:
+            m = np.ascontiguousarray(mask.transpose(2, 0, 1), np.float32)
+            item["mask"] = m
+            item["labels"] = (m.reshape(m.shape[0], -1).max(axis=1) > 0).astype(np.float32)
+        return item

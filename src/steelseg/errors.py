@@ -1,0 +1,22 @@
+"""Exceptions that steelseg raises for problems the user can fix.
+
+The CLI prints these as one clear message (no traceback); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class SteelsegError(Exception):
+    """Base class: a problem with the user's input, data or configuration."""
+
+
+class RLEError(SteelsegError, ValueError):
+    """A run-length-encoded mask string is malformed or does not fit the image."""
+
+
+class DataError(SteelsegError):
+    """A dataset on disk is missing files, holds bad rows or unreadable images."""
+
+
+class ConfigError(SteelsegError):
+    """A run configuration names an unknown key, value or type."""
