@@ -1,0 +1,237 @@
+"""Run configuration: dataclasses, loaded from YAML, overridable with ``section.key=value``.
+
+Unknown keys and wrong types fail before anything runs, with the valid choices in the message.
+The resolved config is saved as ``config.yaml`` in every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from steelseg.errors import ConfigError
+
+__all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrackConfig", "TrainConfig", "load_config"]
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # dataset folder (Kaggle layout or mask folders)
+    class_names: list[str] | None = None  # default: classes.txt in the dataset, else class1..C
+    folds: str | None = None  # folds CSV (steelseg folds); with `fold` picks the validation fold
+    fold: int = 0
+    train_split: str | None = None  # or the dataset's own split lists (e.g. NEU-Seg train / val)
+    val_split: str | None = None
+    channels: int = 1  # 1 = grayscale input, 3 = RGB (for ImageNet encoders as they come)
+    mean: list[float] = field(default_factory=lambda: [0.449])
+    std: list[float] = field(default_factory=lambda: [0.226])
+    crop: list[int] | None = None  # [h, w] random training crop, e.g. [256, 512] on Severstal
+    batch_size: int = 8
+    val_batch_size: int | None = None
+    num_workers: int = 2
+    balanced_sampling: bool = False  # oversample images of rare classes (class imbalance)
+    flips: bool = True
+    brightness_contrast: bool = True
+    shift: float = 0.05  # max shift as a fraction of the image size, 0 disables
+
+
+@dataclass
+class ModelConfig:
+    task: str = "segment"  # segment | classify
+    arch: str = "unet"  # unet, unetplusplus, fpn, deeplabv3plus, pspnet, linknet, manet, pan
+    encoder: str = "resnet18"  # any smp encoder, or a timm one as tu-NAME (tu-xception41)
+    encoder_weights: str | None = None  # None = random init (offline); "imagenet" when online
+    per_class: bool = False  # one binary segmenter per class instead of one multi-class model
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the smp / timm constructor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine | onecycle | none
+    warmup_epochs: float = 0.0
+    loss: str = "bce_dice"  # bce | dice | bce_dice | focal | lovasz (classify: bce | focal)
+    pos_weight: list[float] | None = None  # per-class positive weight for BCE
+    accumulate: int = 1
+    precision: str = "auto"  # auto = 16-mixed on GPU, 32 on CPU
+    early_stopping: int = 0  # patience in epochs, 0 = off
+    monitor: str | None = None  # default: val/dice (segment) or val/auc (classify)
+    seed: int = 42
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    max_minutes: float | None = None  # stop after this wall-clock budget (Lightning max_time)
+    checkpoint_every: int = 50  # also save the resume checkpoint every N steps (survives kill -9)
+    accelerator: str = "auto"
+    devices: str = "auto"  # "auto", a count or a list, passed to Lightning
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp ...
+    num_nodes: int = 1
+
+
+@dataclass
+class TrackConfig:
+    mlflow: bool = True
+    tracking_uri: str | None = None  # default: sqlite store in ./mlruns; or an MLflow server URI
+    experiment: str = "steelseg"
+    wandb: bool = False
+    wandb_project: str = "steelseg"
+    wandb_mode: str = "offline"  # offline works without network; "online" to sync
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None  # default: <task>-<arch>-<encoder>-<time>
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def flat(self) -> dict[str, Any]:
+        """``section.key`` -> value, for experiment trackers."""
+        out: dict[str, Any] = {}
+        for section, values in self.to_dict().items():
+            if isinstance(values, dict):
+                out.update({f"{section}.{k}": v for k, v in values.items()})
+            else:
+                out[section] = values
+        return out
+
+
+CHOICES = {
+    ("model", "task"): ["segment", "classify"],
+    ("train", "scheduler"): ["cosine", "onecycle", "none"],
+    ("train", "loss"): ["bce", "dice", "bce_dice", "focal", "lovasz"],
+    ("train", "precision"): ["auto", "32", "16-mixed", "bf16-mixed", "32-true"],
+    ("track", "wandb_mode"): ["offline", "online", "disabled"],
+}
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in (values or {}).items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key '{where}{key}'{hint}; valid keys: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key}: expected a section (mapping), got {value!r}")
+            kwargs[key] = _build(tp, value, f"{where}{key}.")
+        else:
+            kwargs[key] = _check_type(value, tp, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check choices and model names; raise ConfigError listing the valid ones."""
+    for (section, key), choices in CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if str(value) not in choices:
+            raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(choices)}")
+    if cfg.data.channels not in (1, 3):
+        raise ConfigError(f"data.channels: {cfg.data.channels} (use 1 for grayscale or 3 for RGB)")
+    if len(cfg.data.mean) != cfg.data.channels or len(cfg.data.std) != cfg.data.channels:
+        raise ConfigError(f"data.mean / data.std need {cfg.data.channels} value(s), one per channel")
+    if cfg.data.crop is not None and len(cfg.data.crop) != 2:
+        raise ConfigError(f"data.crop: expected [height, width], got {cfg.data.crop}")
+    if cfg.model.task == "classify" and cfg.train.loss not in ("bce", "focal"):
+        raise ConfigError(f"train.loss: {cfg.train.loss!r} is for segmenters; classifiers use bce or focal")
+    from steelseg.models import check_model_names
+
+    check_model_names(cfg.model.task, cfg.model.arch, cfg.model.encoder)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                check: bool = True) -> RunConfig:
+    """Load a YAML run config (or the defaults) and apply ``section.key=value`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=5")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), raw)
+    where = f"{path}: " if path else ""
+    try:
+        cfg = _build(RunConfig, tree, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    return validate(cfg) if check else cfg

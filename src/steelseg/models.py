@@ -1,0 +1,135 @@
+"""Model factories: segmenters over segmentation_models_pytorch, classifiers over timm.
+
+``create_segmenter`` and ``create_classifier`` return plain ``nn.Module``s that take (B, C, H, W)
+images of any size (inputs are padded to the encoder's stride and outputs cropped back) and return
+logits: (B, K, H, W) for segmenters, (B, K) for classifiers. Encoders are any smp encoder or any
+timm model as ``tu-NAME``; ``encoder_weights=None`` builds them offline with random weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from steelseg.errors import ConfigError
+
+__all__ = ["ARCHS", "Segmenter", "check_model_names", "create_classifier", "create_model", "create_segmenter"]
+
+# name -> smp class name; one plain dict is the registry.
+ARCHS = {
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "fpn": "FPN",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "deeplabv3": "DeepLabV3",
+    "pspnet": "PSPNet",
+    "linknet": "Linknet",
+    "manet": "MAnet",
+    "pan": "PAN",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+}
+
+
+def _suggest(name: str, options: list[str], what: str, n_list: int = 12) -> str:
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    shown = ", ".join(options[:n_list]) + (f", ... ({len(options)} in all)" if len(options) > n_list else "")
+    return f"unknown {what} {name!r}.{hint} Valid: {shown}"
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def check_model_names(task: str, arch: str, encoder: str) -> None:
+    """Raise ConfigError naming valid choices when the architecture or encoder is unknown."""
+    if task == "segment":
+        if arch not in ARCHS:
+            raise ConfigError("model.arch: " + _suggest(arch, sorted(ARCHS), "architecture"))
+        if encoder.startswith("tu-"):
+            names = _timm_names()
+            if encoder[3:] not in names:
+                raise ConfigError("model.encoder: " + _suggest(encoder[3:], names, "timm encoder (after tu-)"))
+        else:
+            import segmentation_models_pytorch as smp
+
+            names = sorted(smp.encoders.get_encoder_names())
+            if encoder not in names:
+                raise ConfigError("model.encoder: " + _suggest(encoder, names, "smp encoder")
+                                  + "; or any timm model as tu-NAME, e.g. tu-xception41")
+    else:
+        name = encoder[3:] if encoder.startswith("tu-") else encoder
+        names = _timm_names()
+        if name not in names:
+            raise ConfigError("model.encoder: " + _suggest(name, names, "timm classifier"))
+
+
+class Segmenter(nn.Module):
+    """Wraps smp models: pads inputs to a multiple of the stride, crops logits back.
+
+    With several ``members`` (``per_class``), each predicts one class and logits are concatenated.
+    """
+
+    def __init__(self, members: list[nn.Module], stride: int = 32) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.stride, (-w) % self.stride
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        out = torch.cat([m(x) for m in self.members], dim=1) if len(self.members) > 1 else self.members[0](x)
+        return out[..., :h, :w]
+
+
+def _smp_model(arch: str, encoder: str, classes: int, in_channels: int, encoder_weights: str | None,
+               **kwargs: Any) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    cls = getattr(smp, ARCHS[arch])
+    return cls(encoder_name=encoder, encoder_weights=encoder_weights, in_channels=in_channels,
+               classes=classes, **kwargs)
+
+
+def create_segmenter(arch: str, encoder: str, classes: int, in_channels: int = 1,
+                     encoder_weights: str | None = None, per_class: bool = False,
+                     **kwargs: Any) -> Segmenter:
+    """A segmenter with ``classes`` sigmoid outputs; ``per_class`` builds one binary model per class."""
+    check_model_names("segment", arch, encoder)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if per_class:
+        members = [_smp_model(arch, encoder, 1, in_channels, encoder_weights, **kwargs) for _ in range(classes)]
+    else:
+        members = [_smp_model(arch, encoder, classes, in_channels, encoder_weights, **kwargs)]
+    return Segmenter(members)
+
+
+def create_classifier(encoder: str, classes: int, in_channels: int = 1,
+                      encoder_weights: str | None = None, **kwargs: Any) -> nn.Module:
+    """A timm classifier with ``classes`` sigmoid outputs (1 = defect / no defect, K = multi-label)."""
+    import timm
+
+    name = encoder[3:] if encoder.startswith("tu-") else encoder
+    check_model_names("classify", "", name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return timm.create_model(name, pretrained=encoder_weights == "imagenet", num_classes=classes,
+                             in_chans=in_channels, **kwargs)
+
+
+def create_model(spec: dict[str, Any]) -> nn.Module:
+    """Build a model from the ``model`` section of a ``model.json`` (weights not loaded)."""
+    if spec["task"] == "segment":
+        return create_segmenter(spec["arch"], spec["encoder"], spec["outputs"], spec["in_channels"],
+                                None, spec.get("per_class", False), **spec.get("kwargs", {}))
+    return create_classifier(spec["encoder"], spec["outputs"], spec["in_channels"], None,
+                             **spec.get("kwargs", {}))

@@ -1,0 +1,106 @@
+"""Post-processing of per-class probability maps. NumPy and OpenCV only (no torch).
+
+Per class c, in this order:
+
+1. gating: drop class c when the classifier's probability for c (or for "any defect") is below
+   its gate threshold;
+2. pixel threshold: ``prob > pixel_threshold[c]``;
+3. small components: remove connected components smaller than ``min_component[c]`` pixels;
+4. minimum area: drop the whole mask when fewer than ``min_area[c]`` pixels remain.
+
+These are the knobs that decided the Severstal leaderboard; ``steelseg tune`` fits them on
+validation predictions and stores them in ``postprocess.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["PostProcess", "apply", "apply_batch", "remove_small_components"]
+
+
+@dataclass
+class PostProcess:
+    """Per-class parameters; lists are indexed by class (0-based)."""
+
+    pixel_threshold: list[float]
+    min_area: list[int]
+    min_component: list[int] = field(default_factory=list)
+    gate_threshold: list[float] | None = None  # per-class classifier gates; None = no gating
+    gate_any: float | None = None  # gate on the classifier's "any defect" probability
+
+    def __post_init__(self) -> None:
+        k = len(self.pixel_threshold)
+        if not self.min_component:
+            self.min_component = [0] * k
+        for name in ("min_area", "min_component"):
+            if len(getattr(self, name)) != k:
+                raise ValueError(f"{name} has {len(getattr(self, name))} values for {k} classes")
+        if self.gate_threshold is not None and len(self.gate_threshold) != k:
+            raise ValueError(f"gate_threshold has {len(self.gate_threshold)} values for {k} classes")
+
+    @classmethod
+    def default(cls, num_classes: int) -> PostProcess:
+        """Threshold 0.5, no minimum area, no gating: the untuned baseline."""
+        return cls([0.5] * num_classes, [0] * num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.pixel_threshold)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PostProcess:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """Zero connected components (8-connected) of a binary (H, W) mask smaller than ``min_size``."""
+    if min_size <= 1 or not mask.any():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_size)
+    small = small[small > 0]  # label 0 is the background
+    if not small.size:
+        return mask
+    keep = np.ones(n, bool)
+    keep[small] = False
+    keep[0] = False
+    return keep[labels].astype(mask.dtype)
+
+
+def apply(probs: np.ndarray, pp: PostProcess, gate_probs: np.ndarray | None = None,
+          gate_any_prob: float | None = None) -> np.ndarray:
+    """(H, W, C) probabilities -> (H, W, C) uint8 masks. ``gate_probs`` is (C,) from a classifier."""
+    if probs.shape[-1] != pp.num_classes:
+        raise ValueError(f"probabilities have {probs.shape[-1]} classes, post-processing {pp.num_classes}")
+    out = np.zeros(probs.shape, np.uint8)
+    if pp.gate_any is not None and gate_any_prob is not None and gate_any_prob < pp.gate_any:
+        return out
+    for c in range(pp.num_classes):
+        if pp.gate_threshold is not None and gate_probs is not None and gate_probs[c] < pp.gate_threshold[c]:
+            continue
+        m = (probs[..., c] > pp.pixel_threshold[c]).astype(np.uint8)
+        m = remove_small_components(m, pp.min_component[c])
+        if int(m.sum()) >= max(pp.min_area[c], 1):
+            out[..., c] = m
+    return out
+
+
+def apply_batch(probs: np.ndarray, pp: PostProcess, gate_probs: np.ndarray | None = None,
+                gate_any_probs: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W, C) probabilities -> (N, H, W, C) masks."""
+    return np.stack([
+        apply(p, pp, None if gate_probs is None else gate_probs[i],
+              None if gate_any_probs is None else float(gate_any_probs[i]))
+        for i, p in enumerate(probs)
+    ])

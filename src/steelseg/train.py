@@ -1,0 +1,517 @@
+"""Training: one Lightning module for segmenters and classifiers, and ``fit(cfg)``.
+
+Every run writes a folder::
+
+    runs/<name>/
+      config.yaml          the resolved config
+      split.json           which images trained and validated
+      metrics.csv          one row per epoch (loss, Dice / AUC per class, lr, seconds)
+      model/               model.json + best.safetensors + last.safetensors (no pickle)
+      checkpoints/last.ckpt  Lightning resume state (weights, optimiser, scheduler, loop)
+      tracking.json        MLflow / W&B run ids, so a resumed run logs into the same record
+
+``steelseg train --resume runs/<name>`` continues from ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from steelseg import __version__
+from steelseg.checkpoint import save_weights, write_model_json
+from steelseg.config import RunConfig, load_config
+from steelseg.datasets import DefectDataset, SegmentationSamples, open_dataset
+from steelseg.errors import ConfigError, DataError
+
+import lightning as L  # noqa: E402  (after torch on purpose: Lightning imports torch anyway)
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+
+__all__ = ["RunResult", "SteelsegModule", "build_loss", "fit", "resolve_split"]
+
+RUN_DIR_ENV = "STEELSEG_RUN_DIR"
+
+
+# ---- losses -----------------------------------------------------------------------------------
+class _SumLoss(nn.Module):
+    def __init__(self, *losses: nn.Module) -> None:
+        super().__init__()
+        self.losses = nn.ModuleList(losses)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(loss(logits, target) for loss in self.losses)
+
+
+class _FocalLoss(nn.Module):
+    def __init__(self, gamma: float = 2.0, alpha: float = 0.25) -> None:
+        super().__init__()
+        self.gamma, self.alpha = gamma, alpha
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import sigmoid_focal_loss
+
+        return sigmoid_focal_loss(logits, target, self.alpha, self.gamma, reduction="mean")
+
+
+def build_loss(name: str, task: str, num_classes: int, pos_weight: list[float] | None = None) -> nn.Module:
+    """BCE, Dice, BCE+Dice, focal or Lovasz over per-class sigmoid outputs."""
+    import segmentation_models_pytorch as smp
+
+    pw = None
+    if pos_weight is not None:
+        if len(pos_weight) != num_classes:
+            raise ConfigError(f"train.pos_weight: {len(pos_weight)} values for {num_classes} classes")
+        pw = torch.tensor(pos_weight, dtype=torch.float32)
+        if task == "segment":
+            pw = pw.view(-1, 1, 1)
+    bce = nn.BCEWithLogitsLoss(pos_weight=pw)
+    if name == "bce":
+        return bce
+    if name == "focal":
+        return _FocalLoss()
+    dice = smp.losses.DiceLoss(mode="multilabel", from_logits=True)
+    if name == "dice":
+        return dice
+    if name == "bce_dice":
+        return _SumLoss(bce, dice)
+    if name == "lovasz":
+        return smp.losses.LovaszLoss(mode="multilabel", per_image=False)
+    raise ConfigError(f"train.loss: unknown loss {name!r}")
+
+
+# ---- the module -------------------------------------------------------------------------------
+class SteelsegModule(L.LightningModule):
+    """One module for both tasks: ``segment`` (masks) and ``classify`` (per-class presence)."""
+
+    def __init__(self, cfg: RunConfig, class_names: list[str]) -> None:
+        super().__init__()
+        from steelseg.models import create_classifier, create_segmenter
+
+        self.cfg = cfg
+        self.class_names = class_names
+        k = len(class_names)
+        m = cfg.model
+        if m.task == "segment":
+            self.model = create_segmenter(m.arch, m.encoder, k, cfg.data.channels, m.encoder_weights,
+                                          m.per_class, **m.kwargs)
+        else:
+            self.model = create_classifier(m.encoder, k, cfg.data.channels, m.encoder_weights, **m.kwargs)
+        self.loss_fn = build_loss(cfg.train.loss, m.task, k, cfg.train.pos_weight)
+        self._val: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _target(self, batch: dict[str, Any]) -> torch.Tensor:
+        return batch["mask"] if self.cfg.model.task == "segment" else batch["labels"]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, self._target(batch))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=batch["image"].shape[0], sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self(batch["image"])
+        target = self._target(batch)
+        loss = self.loss_fn(logits, target)
+        self.log("val/loss", loss, on_epoch=True, batch_size=batch["image"].shape[0], sync_dist=True)
+        probs = torch.sigmoid(logits.float())
+        if self.cfg.model.task == "segment":
+            pred = probs > 0.5
+            true = target > 0.5
+            k = pred.shape[1]
+            # Confusion matrix of label maps (0 = background) for IoU, summed over the split.
+            p_lab = torch.where(pred.any(1), probs.argmax(1) + 1, 0)
+            t_lab = torch.where(true.any(1), true.float().argmax(1) + 1, 0)
+            cm = torch.bincount((t_lab * (k + 1) + p_lab).flatten(), minlength=(k + 1) ** 2)
+            self._val.append({
+                "inter": (pred & true).sum((2, 3)), "pred": pred.sum((2, 3)), "true": true.sum((2, 3)),
+                "cm": cm.view(1, k + 1, k + 1),
+            })
+        else:
+            self._val.append({"probs": probs, "labels": target})
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def on_validation_epoch_end(self) -> None:
+        from steelseg import metrics
+
+        if not self._val:
+            return
+        parts = {key: torch.cat([v[key] for v in self._val]) for key in self._val[0]}
+        self._val = []
+        if self.trainer.world_size > 1:
+            parts = {key: self.all_gather(v).flatten(0, 1) for key, v in parts.items()}
+        out: dict[str, float] = {}
+        names = self.class_names
+        if self.cfg.model.task == "segment":
+            acc = metrics.DiceAccumulator()
+            acc.update_counts(parts["inter"].cpu().numpy(), parts["pred"].cpu().numpy(),
+                              parts["true"].cpu().numpy())
+            out.update(acc.compute().as_dict(names))
+            cm = parts["cm"].sum(0).cpu().numpy()
+            iou = metrics.iou_from_confusion(cm)
+            out["miou"] = metrics.mean_iou(cm)
+            out.update({f"iou_{n}": float(v) for n, v in zip(names, iou[1:]) if np.isfinite(v)})
+        else:
+            out.update(classification_scores(parts["probs"].cpu().numpy(), parts["labels"].cpu().numpy(), names))
+        for key, value in out.items():
+            if np.isfinite(value):
+                self.log(f"val/{key}", float(value), prog_bar=key in ("dice", "auc", "miou"), rank_zero_only=True)
+
+    def configure_optimizers(self) -> Any:
+        t = self.cfg.train
+        opt = torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        if t.scheduler == "none":
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if t.scheduler == "onecycle":
+            sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=total)
+        else:
+            warmup = int(total * t.warmup_epochs / max(t.epochs, 1))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_lr(step, total, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def cosine_lr(step: int, total: int, warmup: int = 0, floor: float = 0.01) -> float:
+    """Multiplier of the base learning rate: linear warm-up, then cosine decay to ``floor``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def classification_scores(probs: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, float]:
+    """AUC and F1 (at 0.5) per class and their means; AUC is NaN where a class has one label only."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    out: dict[str, float] = {}
+    aucs, f1s = [], []
+    for c, name in enumerate(names):
+        y = labels[:, c] > 0.5
+        auc = float(roc_auc_score(y, probs[:, c])) if 0 < y.sum() < len(y) else float("nan")
+        f1 = float(f1_score(y, probs[:, c] > 0.5, zero_division=0.0))
+        out[f"auc_{name}"], out[f"f1_{name}"] = auc, f1
+        aucs.append(auc)
+        f1s.append(f1)
+    any_y = labels.max(1) > 0.5
+    if 0 < any_y.sum() < len(any_y):
+        out["auc_any"] = float(roc_auc_score(any_y, probs.max(1)))
+    out["auc"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
+    out["f1"] = float(np.mean(f1s))
+    return out
+
+
+# ---- callbacks --------------------------------------------------------------------------------
+class RunRecorder(Callback):
+    """Writes metrics.csv per epoch and the safetensors model folder (best and last weights)."""
+
+    def __init__(self, run_dir: Path, meta: dict[str, Any], monitor: str, mode: str) -> None:
+        self.run_dir, self.meta, self.monitor, self.mode = run_dir, meta, monitor, mode
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self._t0 = time.time()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.time()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning runs the epoch's validation before this hook: train and val metrics are both here.
+        if not trainer.is_global_zero:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+               "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan"),
+               "seconds": round(time.time() - self._t0, 2)}
+        row.update({k: round(v, 6) for k, v in sorted(m.items()) if k.startswith(("train/", "val/"))
+                    and not k.endswith("_step")})
+        _append_csv(self.run_dir / "metrics.csv", row)
+        score = m.get(self.monitor)
+        if score is not None and np.isfinite(score):
+            better = self.best is None or (score > self.best if self.mode == "max" else score < self.best)
+            if better:
+                self.best, self.best_epoch = score, trainer.current_epoch
+                model_dir = self.run_dir / "model"
+                save_weights(pl_module.model, model_dir / "best.safetensors")
+                self.meta["best"] = {"epoch": self.best_epoch, "monitor": self.monitor, "value": score,
+                                     "metrics": {k: v for k, v in m.items() if k.startswith("val/")}}
+                write_model_json(model_dir, self.meta)
+        _log_line(trainer, row)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        model_dir = self.run_dir / "model"
+        save_weights(pl_module.model, model_dir / "last.safetensors")
+        if not (model_dir / "best.safetensors").exists():  # no validation ran: last is the best we have
+            save_weights(pl_module.model, model_dir / "best.safetensors")
+        self.meta["epochs_trained"] = trainer.current_epoch
+        write_model_json(model_dir, self.meta)
+
+
+def _log_line(trainer: L.Trainer, row: dict[str, Any]) -> None:
+    if sys.stderr.isatty():
+        return  # the progress bar shows it
+    shown = {"train_loss": row.get("train/loss_epoch"), "val_loss": row.get("val/loss")}
+    shown.update({k[4:]: v for k, v in row.items() if k in ("val/dice", "val/miou", "val/auc", "val/f1")})
+    parts = [f"{k} {v:.4f}" for k, v in shown.items() if v is not None]
+    print(f"epoch {row['epoch'] + 1}/{trainer.max_epochs}  " + "  ".join(parts) + f"  ({row['seconds']:.1f}s)",
+          flush=True)
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    rows: list[dict[str, Any]] = []
+    if path.is_file():
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) != row["epoch"]]
+    rows.append(row)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+# ---- data -------------------------------------------------------------------------------------
+def resolve_split(cfg: RunConfig, ds: DefectDataset, run_dir: Path | None = None) -> tuple[list[str], list[str], str]:
+    """(train ids, val ids, how): folds file > named splits > the dataset's train/val > new folds."""
+    from steelseg.folds import fold_split, make_folds, read_folds, write_folds
+
+    d = cfg.data
+    if d.folds:
+        train, val = fold_split(read_folds(d.folds), d.fold)
+        return train, val, f"fold {d.fold} of {d.folds}"
+    if d.train_split or d.val_split:
+        if not (d.train_split and d.val_split):
+            raise ConfigError("data.train_split and data.val_split go together")
+        return ds.split(d.train_split).image_ids, ds.split(d.val_split).image_ids, \
+            f"splits {d.train_split}/{d.val_split}"
+    if "train" in ds.splits and "val" in ds.splits:
+        return ds.splits["train"], ds.splits["val"], "the dataset's train/val lists"
+    folds = make_folds(ds, k=5, seed=cfg.train.seed)
+    if run_dir is not None:
+        write_folds(folds, run_dir / "folds.csv")
+    train, val = fold_split(folds, d.fold)
+    return train, val, f"fold {d.fold} of 5 new stratified folds (seed {cfg.train.seed})"
+
+
+def _balanced_weights(ds: DefectDataset) -> np.ndarray:
+    """Per-image sampling weights so each class (and defect-free) is drawn about equally often."""
+    pres = ds.presence()
+    labels = np.concatenate([pres, ~pres.any(1, keepdims=True)], axis=1)
+    freq = labels.sum(0).clip(min=1)
+    return (labels / freq).max(1)
+
+
+def make_loaders(cfg: RunConfig, train_ds: DefectDataset, val_ds: DefectDataset) -> tuple[Any, Any]:
+    from torch.utils.data import DataLoader, WeightedRandomSampler
+
+    from steelseg.augment import train_transform
+
+    d = cfg.data
+    kw = {"channels": d.channels, "mean": d.mean, "std": d.std}
+    train_set = SegmentationSamples(train_ds, train_transform(d), **kw)
+    val_set = SegmentationSamples(val_ds, None, **kw)
+    sampler = None
+    if d.balanced_sampling:
+        w = torch.as_tensor(_balanced_weights(train_ds), dtype=torch.double)
+        sampler = WeightedRandomSampler(w, num_samples=len(w), replacement=True)
+    common = {"num_workers": d.num_workers, "persistent_workers": d.num_workers > 0,
+              "pin_memory": torch.cuda.is_available()}
+    train = DataLoader(train_set, batch_size=d.batch_size, shuffle=sampler is None, sampler=sampler,
+                       drop_last=len(train_set) > d.batch_size, **common)
+    val = DataLoader(val_set, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **common)
+    return train, val
+
+
+# ---- the run ----------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    run_dir: Path
+    best: float | None
+    best_epoch: int | None
+    monitor: str
+
+
+def _new_run_dir(cfg: RunConfig) -> Path:
+    if os.environ.get(RUN_DIR_ENV):  # a DDP worker started by Lightning: same folder as rank 0
+        return Path(os.environ[RUN_DIR_ENV])
+    name = cfg.name or f"{cfg.model.task}-{cfg.model.arch if cfg.model.task == 'segment' else 'cls'}-" \
+                       f"{cfg.model.encoder.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.out_dir) / name
+    if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another name")
+    return run_dir
+
+
+def _loggers(cfg: RunConfig, run_dir: Path, resume: bool) -> list[Any]:
+    track = cfg.track
+    ids_path = run_dir / "tracking.json"
+    ids = json.loads(ids_path.read_text()) if resume and ids_path.is_file() else {}
+    loggers: list[Any] = []
+    if track.mlflow:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = track.tracking_uri or default_tracking_uri()
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        artifacts = None
+        if not track.tracking_uri:
+            artifacts = (Path.cwd() / "mlruns" / "artifacts").as_uri()
+        loggers.append(MLFlowLogger(experiment_name=track.experiment, run_name=run_dir.name, tracking_uri=uri,
+                                    run_id=ids.get("mlflow_run_id"), artifact_location=artifacts))
+    if track.wandb:
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+        except ImportError as exc:  # pragma: no cover
+            raise ConfigError("track.wandb needs the wandb extra: pip install 'steelseg[wandb]'") from exc
+        loggers.append(WandbLogger(project=track.wandb_project, name=run_dir.name, save_dir=str(run_dir),
+                                   offline=track.wandb_mode == "offline", id=ids.get("wandb_run_id"),
+                                   resume="allow" if resume else None,
+                                   mode=track.wandb_mode))
+    return loggers
+
+
+def default_tracking_uri() -> str:
+    """Local MLflow store under the working folder: ./mlruns/mlflow.db (no server needed)."""
+    return "sqlite:///" + str(Path.cwd() / "mlruns" / "mlflow.db")
+
+
+def _model_meta(cfg: RunConfig, ds: DefectDataset, split_how: str) -> dict[str, Any]:
+    sizes = sorted({(int(h), int(w)) for h, w in zip(ds.table["height"], ds.table["width"])})
+    m = cfg.model
+    return {
+        "steelseg_version": __version__,
+        "format": "steelseg-model/1",
+        "model": {"task": m.task, "arch": m.arch, "encoder": m.encoder, "outputs": len(ds.class_names),
+                  "in_channels": cfg.data.channels, "per_class": m.per_class, "kwargs": m.kwargs,
+                  "encoder_weights_at_init": m.encoder_weights},
+        "classes": list(range(1, len(ds.class_names) + 1)),
+        "class_names": ds.class_names,
+        "input": {"channels": cfg.data.channels, "mean": cfg.data.mean, "std": cfg.data.std,
+                  "scale": 1 / 255, "image_size": list(sizes[0]) if len(sizes) == 1 else None,
+                  "train_crop": cfg.data.crop},
+        "activation": "sigmoid",
+        "thresholds": {"pixel": [0.5] * len(ds.class_names)},
+        "trained_on": {"data": cfg.data.path, "split": split_how},
+    }
+
+
+def fit(cfg: RunConfig, resume: str | Path | None = None, progress: bool | None = None) -> RunResult:
+    """Train one model as ``cfg`` says; ``resume`` continues the run folder given."""
+    launcher = not os.environ.get(RUN_DIR_ENV)
+    try:
+        return _fit(cfg, resume, progress)
+    finally:
+        if launcher:  # the next run in this process gets a folder of its own
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None) -> RunResult:
+    run_dir = Path(resume) if resume else _new_run_dir(cfg)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not ckpt.is_file():
+        raise DataError(f"{ckpt}: nothing to resume from (the run saved no checkpoint yet)")
+    is_worker = bool(os.environ.get(RUN_DIR_ENV)) and os.environ.get("LOCAL_RANK", "0") != "0"
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers re-run this command and read it
+    (run_dir / "model").mkdir(parents=True, exist_ok=True)
+    if not cfg.data.path:
+        raise ConfigError("data.path is empty: give the dataset with --data PATH or --set data.path=PATH")
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    ds = open_dataset(cfg.data.path, cfg.data.class_names)
+    train_ids, val_ids, how = resolve_split(cfg, ds, None if is_worker else run_dir)
+    if not train_ids or not val_ids:
+        raise DataError(f"{cfg.data.path}: empty training or validation set ({how})")
+    meta = _model_meta(cfg, ds, how)
+    if not is_worker and not resume:
+        cfg.save(run_dir / "config.yaml")
+        (run_dir / "split.json").write_text(json.dumps({"how": how, "train": train_ids, "val": val_ids}))
+    train_loader, val_loader = make_loaders(cfg, ds.subset(train_ids), ds.subset(val_ids))
+    module = SteelsegModule(cfg, ds.class_names)
+    t = cfg.train
+    monitor = t.monitor or ("val/dice" if cfg.model.task == "segment" else "val/auc")
+    mode = "min" if monitor.endswith("loss") else "max"
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+
+    progress = sys.stderr.isatty() if progress is None else progress
+    callbacks: list[Any] = [
+        RunRecorder(run_dir, meta, monitor, mode),
+        # Resume state, written at every epoch end and every `checkpoint_every` steps (kill -9 safe).
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True, every_n_epochs=1,
+                        enable_version_counter=False),
+    ]
+    if t.checkpoint_every:
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
+                                         every_n_train_steps=t.checkpoint_every, enable_version_counter=False))
+    if progress:
+        callbacks.append(TQDMProgressBar())
+    if t.early_stopping:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=t.early_stopping))
+    precision = t.precision
+    if precision == "auto":
+        precision = "16-mixed" if torch.cuda.is_available() else "32-true"
+    devices: Any = t.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    loggers = _loggers(cfg, run_dir, bool(resume))
+    trainer = L.Trainer(
+        default_root_dir=str(run_dir), max_epochs=t.epochs, accelerator=t.accelerator, devices=devices,
+        strategy=t.strategy, num_nodes=t.num_nodes, precision=precision, accumulate_grad_batches=t.accumulate,
+        limit_train_batches=t.limit_train_batches,
+        max_time=None if t.max_minutes is None else {"minutes": t.max_minutes}, limit_val_batches=t.limit_val_batches,
+        callbacks=callbacks, logger=loggers or False, enable_progress_bar=progress,
+        enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
+        log_every_n_steps=max(1, min(10, len(train_loader))),
+    )
+    if loggers and trainer.is_global_zero:
+        for lg in loggers:
+            lg.log_hyperparams(cfg.flat())
+        ids = {}
+        for lg in loggers:
+            if type(lg).__name__ == "MLFlowLogger":
+                ids["mlflow_run_id"] = lg.run_id
+            elif type(lg).__name__ == "WandbLogger":
+                ids["wandb_run_id"] = lg.version
+        (run_dir / "tracking.json").write_text(json.dumps(ids))
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if resume else None)
+    recorder: RunRecorder = callbacks[0]
+    if trainer.is_global_zero:
+        for lg in loggers:
+            if type(lg).__name__ == "MLFlowLogger":
+                lg.experiment.log_artifacts(lg.run_id, str(run_dir / "model"), "model")
+                lg.experiment.log_artifact(lg.run_id, str(run_dir / "metrics.csv"))
+    return RunResult(run_dir, recorder.best, recorder.best_epoch, monitor)
+
+
+def fit_from_args(config: str | None, overrides: list[str], resume: str | None) -> RunResult:
+    """What ``steelseg train`` runs: a resumed run re-reads its own config.yaml."""
+    if resume:
+        cfg_path = Path(resume) / "config.yaml"
+        if not cfg_path.is_file():
+            raise DataError(f"{cfg_path}: missing; --resume takes a run folder written by steelseg train")
+        return fit(load_config(cfg_path, overrides), resume=resume)
+    return fit(load_config(config, overrides))
