@@ -118,6 +118,106 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _print_eval(res: dict) -> None:
+    names = list(res["dice_per_class"])
+    rows = [(n, f"{res['dice_per_class'][n]:.4f}", f"{res['all_empty_dice_per_class'][n]:.4f}",
+             "-" if res["iou_per_class"][n] is None else f"{res['iou_per_class'][n]:.4f}") for n in names]
+    rows.append(("mean", f"{res['dice']:.4f}", f"{res['all_empty_dice']:.4f}", f"{res['miou']:.4f}"))
+    print(_table(["class", "kaggle dice", "all-empty dice", "IoU"], rows))
+    for name, s in (res.get("classifier") or {}).items():
+        print(f"classifier {name}: precision {s['precision']:.3f} recall {s['recall']:.3f} (support {s['support']})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from steelseg.evaluate import evaluate
+    from steelseg.pipeline import Predictor
+
+    predictor = None
+    if args.bundle:
+        predictor = Predictor.from_bundle(args.bundle, device=_device(args.device), tta=args.tta or None)
+    elif not args.runs:
+        raise SteelsegError("give run folders (RUN...) or --bundle")
+    out = args.out or (Path(args.runs[0] if args.runs else args.bundle) / f"eval-{args.split}")
+    res = evaluate(args.runs, args.data, out, args.split, args.classifier or [], args.tta, None, predictor,
+                   progress=sys.stderr.isatty(), device=_device(args.device))
+    _print_eval(res)
+    print(f"\nwrote {out}/metrics.json, per_image.csv, predictions.npz")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from steelseg.evaluate import evaluate, load_predictions
+    from steelseg.pipeline import write_bundle
+    from steelseg.tune import tune_postprocess
+
+    eval_dir = Path(args.eval_dir or Path(args.runs[0]) / f"eval-{args.split}")
+    meta_path = eval_dir / "metrics.json"
+    same = False
+    if meta_path.is_file():
+        prev = json.loads(meta_path.read_text())
+        same = (prev["segmenters"] == [str(r) for r in args.runs] and prev["classifiers"] ==
+                [str(c) for c in args.classifier or []] and prev["tta"] == args.tta and prev["split"] == args.split
+                and prev.get("postprocess", {}).get("min_area") == [0] * len(prev["dice_per_class"]))
+    if not same:
+        print(f"predicting {args.split} once (saved to {eval_dir}) ...", flush=True)
+        evaluate(args.runs, args.data, eval_dir, args.split, args.classifier or [], args.tta,
+                 progress=sys.stderr.isatty(), device=_device(args.device))
+    else:
+        print(f"reusing saved predictions in {eval_dir}")
+    pred = load_predictions(eval_dir)
+    pixels = int(np.median(pred["image_pixels"]))
+    report = tune_postprocess(pred["hist_all"], pred["hist_true"], pixels, pred.get("gate"))
+    names = list(json.loads(meta_path.read_text())["dice_per_class"])
+    print(report.table(names))
+    extra = {"tuned_on": {"data": str(args.data), "split": args.split, "images": int(len(pred["image_ids"])),
+                          "dice_before": report.mean_before, "dice_after": report.mean_after,
+                          "per_class_before": report.before, "per_class_after": report.after}}
+    out = write_bundle(args.out, args.runs, args.classifier or [], report.chosen, names, args.tta,
+                       extra=extra)
+    print(f"\nbundle written to {out} (predict with: steelseg predict {out} IMAGES --out DIR)")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from steelseg.pipeline import write_bundle
+
+    if args.empty:
+        names = _class_names(args.class_names)
+        if not names:
+            raise SteelsegError("--empty needs --class-names (e.g. class1,class2,class3,class4)")
+        out = write_bundle(args.out, [], [], None, names, kind="all-empty")
+    else:
+        if not args.runs:
+            raise SteelsegError("give run folders, or --empty for the all-empty baseline")
+        out = write_bundle(args.out, args.runs, args.classifier or [], None, None, args.tta, kind="plain")
+    print(f"bundle written to {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from steelseg.pipeline import predict_folder
+
+    tta = True if args.tta else (False if args.no_tta else None)
+    res = predict_folder(args.bundle, args.images, args.out, args.overlays, args.labels, tta,
+                         _device(args.device), progress=sys.stderr.isatty())
+    if res["skipped_files"]:
+        print(f"skipped {len(res['skipped_files'])} non-image file(s): {', '.join(res['skipped_files'][:5])}")
+    print(f"wrote {res['submission']} ({res['images']} images x {len(res['class_names'])} classes)")
+    if "dice" in res:
+        print(f"kaggle dice against --labels: {res['dice']:.4f}")
+    return 0
+
+
 TRAIN_EPILOG = """examples:
   steelseg train configs/tiny.yaml --data runs/demo/data
   steelseg train configs/neu_seg.yaml --set train.epochs=30 --set data.batch_size=16
@@ -194,6 +294,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default=None, help="Lightning strategy: auto, ddp, ddp_spawn, fsdp")
     p.add_argument("--num-nodes", dest="num_nodes", type=int, default=None, help="number of nodes for DDP")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score models or a bundle on a labelled split",
+                       description="Predict a split once, report Kaggle mean Dice (overall, per class, "
+                                   "vs the all-empty baseline), IoU per class, classifier precision/recall; "
+                                   "save metrics.json, per_image.csv and predictions.npz for tuning.")
+    p.add_argument("runs", nargs="*", help="segmenter run folders (several = fold ensemble)")
+    p.add_argument("--data", required=True, help="labelled dataset")
+    p.add_argument("--split", default="val", help="val (the run's own), a dataset split name, or all")
+    p.add_argument("--classifier", action="append", help="gating classifier run folder, repeatable")
+    p.add_argument("--bundle", default=None, help="evaluate a bundle (with its post-processing) instead")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/eval-SPLIT)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("tune", help="tune thresholds / minimum areas / gates and write a bundle",
+                       description="Search per-class pixel thresholds, minimum mask areas and classifier "
+                                   "gates on validation predictions to maximise Kaggle mean Dice; write a "
+                                   "bundle for `steelseg predict`.")
+    p.add_argument("runs", nargs="+", help="segmenter run folders (several = fold ensemble)")
+    p.add_argument("--data", required=True, help="labelled dataset")
+    p.add_argument("--split", default="val", help="split to tune on (default: the run's validation list)")
+    p.add_argument("--classifier", action="append", help="gating classifier run folder, repeatable")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--eval-dir", default=None, help="saved predictions (default RUN/eval-SPLIT)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--device", default="auto", help="cpu, cuda, auto")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("bundle", help="pack models without tuning (plain baseline) or the all-empty baseline",
+                       description="Write a bundle with threshold 0.5 and no minimum area (the plain "
+                                   "single-model baseline), or --empty for the all-empty baseline.")
+    p.add_argument("runs", nargs="*", help="segmenter run folders")
+    p.add_argument("--classifier", action="append", help="gating classifier run folder")
+    p.add_argument("--empty", action="store_true", help="the all-empty baseline bundle")
+    p.add_argument("--class-names", default=None, help="class names for --empty")
+    p.add_argument("--tta", action="store_true", help="use flip TTA when predicting")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("predict", help="predict a folder of images to submission.csv (+ overlays)",
+                       description="Run a bundle over every image in IMAGES and write OUT/submission.csv "
+                                   "(ImageId,EncodedPixels,ClassId; written atomically) and optional overlays.")
+    p.add_argument("bundle", help="bundle folder (steelseg tune / steelseg bundle)")
+    p.add_argument("images", help="folder of images")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--overlays", action="store_true", help="save PNG overlays of the predicted masks")
+    p.add_argument("--labels", default=None, help="labelled dataset: ground truth beside overlays, and Dice")
+    p.add_argument("--tta", action="store_true", help="force flip TTA on")
+    p.add_argument("--no-tta", action="store_true", help="force flip TTA off")
+    p.add_argument("--device", default="auto", help="cpu, cuda, auto")
+    p.set_defaults(func=cmd_predict)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

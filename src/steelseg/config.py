@@ -66,8 +66,9 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs, 0 = off
     monitor: str | None = None  # default: val/dice (segment) or val/auc (classify)
     seed: int = 42
-    limit_train_batches: float = 1.0
-    limit_val_batches: float = 1.0
+    limit_train_batches: int | float = 1.0  # Lightning's meaning: int = batches, float = share
+    limit_val_batches: int | float = 1.0
+    channels_last: bool = True  # NHWC memory format: about 20% faster convolutions on CPU and GPU
     max_minutes: float | None = None  # stop after this wall-clock budget (Lightning max_time)
     checkpoint_every: int = 50  # also save the resume checkpoint every N steps (survives kill -9)
     accelerator: str = "auto"

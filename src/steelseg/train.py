@@ -107,10 +107,14 @@ class SteelsegModule(L.LightningModule):
                                           m.per_class, **m.kwargs)
         else:
             self.model = create_classifier(m.encoder, k, cfg.data.channels, m.encoder_weights, **m.kwargs)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg.train.loss, m.task, k, cfg.train.pos_weight)
         self._val: list[dict[str, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     def _target(self, batch: dict[str, Any]) -> torch.Tensor:

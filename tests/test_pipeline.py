@@ -1,0 +1,148 @@
+"""The winning pipeline end to end with a tiny model trained once per session."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from steelseg import metrics, rle
+from steelseg.cli import main
+from steelseg.config import load_config
+from steelseg.datasets import open_dataset
+from steelseg.errors import DataError
+from steelseg.pipeline import Predictor, predict_folder, write_bundle
+from steelseg.submission import read_submission
+from steelseg.synth import SynthConfig, make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_small, tmp_path_factory) -> Path:
+    from steelseg.train import fit
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+        f"data.path={synth_small}", f"out_dir={out}", "data.num_workers=0", "data.crop=null",
+        "train.epochs=3", "train.lr=0.01", "track.mlflow=false", "name=seg"])
+    return fit(cfg).run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(synth_small, tmp_path_factory) -> Path:
+    from steelseg.train import fit
+
+    out = tmp_path_factory.mktemp("runs_cls")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+        f"data.path={synth_small}", f"out_dir={out}", "data.num_workers=0", "data.crop=null",
+        "train.epochs=2", "track.mlflow=false", "name=cls", "model.task=classify", "model.encoder=test_resnet",
+        "model.kwargs={}", "train.loss=bce"])
+    return fit(cfg).run_dir
+
+
+@pytest.fixture(scope="session")
+def test_set(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("test_set"), SynthConfig(images=10, seed=21, height=64, width=320))
+
+
+@pytest.fixture(scope="session")
+def bundle(trained_run, trained_classifier, synth_small, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    assert main(["tune", str(trained_run), "--classifier", str(trained_classifier), "--data", str(synth_small),
+                 "--tta", "--out", str(out)]) == 0
+    return out
+
+
+def test_tuned_not_worse_than_default(bundle) -> None:
+    info = json.loads((bundle / "bundle.json").read_text())["tuned_on"]
+    assert info["dice_after"] >= info["dice_before"]
+    assert all(a >= b - 1e-12 for a, b in zip(info["per_class_after"], info["per_class_before"]))
+    pp = json.loads((bundle / "postprocess.json").read_text())
+    assert len(pp["pixel_threshold"]) == 4 and pp["gate_threshold"] is not None
+
+
+def test_predict_submission_valid_and_rescored(bundle, test_set, tmp_path) -> None:
+    out = tmp_path / "pred"
+    assert main(["predict", str(bundle), str(test_set / "train_images"), "--out", str(out), "--overlays",
+                 "--labels", str(test_set)]) == 0
+    rows = read_submission(out / "submission.csv")
+    ds = open_dataset(test_set)
+    assert sorted((r[0], r[2]) for r in rows) == sorted((i, c) for i in ds.image_ids for c in range(1, 5))
+    pred = np.zeros((len(ds.image_ids), 64, 320, 4), np.uint8)
+    index = {i: n for n, i in enumerate(ds.image_ids)}
+    for image_id, code, class_id in rows:
+        pred[index[image_id], ..., class_id - 1] = rle.decode(code, (64, 320))  # raises if outside
+    true = np.stack([ds.load_mask(i) for i in ds.image_ids])
+    rescored = metrics.kaggle_dice(pred, true).mean
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--bundle", str(bundle), "--data", str(test_set), "--split", "all",
+                 "--out", str(ev)]) == 0
+    reported = json.loads((ev / "metrics.json").read_text())
+    assert rescored == pytest.approx(reported["dice"])
+    assert rescored == pytest.approx(json.loads((out / "predict.json").read_text())["dice"])
+    assert len(list((out / "overlays").glob("*.png"))) == 10
+    assert (ev / "per_image.csv").is_file() and "classifier" in reported
+
+
+def test_predictor_api_gating_tta_ensemble(trained_run, trained_classifier, test_set) -> None:
+    from steelseg.postprocess import PostProcess
+
+    ds = open_dataset(test_set)
+    images = [ds.load_image(i) for i in ds.image_ids[:3]]
+    pp = PostProcess([0.5] * 4, [0] * 4, gate_any=1.01)  # the classifier calls everything defect-free
+    p = Predictor.from_models([trained_run, trained_run], [trained_classifier], pp, tta=True)
+    preds = p.predict(images)
+    assert all(r.skipped and r.masks.sum() == 0 for r in preds)
+    plain = Predictor.from_models([trained_run])
+    one, two = plain.predict(images[:1])[0], Predictor.from_models([trained_run, trained_run]).predict(images[:1])[0]
+    np.testing.assert_allclose(one.probs, two.probs, atol=1e-5)  # averaging a model with itself
+    single = plain.predict([images[0][:48, :200]])[0]  # another size works too
+    assert single.masks.shape == (48, 200, 4)
+
+
+def test_all_empty_baseline_bundle(test_set, tmp_path) -> None:
+    b = tmp_path / "empty"
+    assert main(["bundle", "--empty", "--class-names", "pits,streaks,scratches,blotches", "--out", str(b)]) == 0
+    res = predict_folder(b, test_set / "train_images", tmp_path / "out", labels=test_set)
+    ds = open_dataset(test_set)
+    assert res["dice"] == pytest.approx(float((~ds.presence()).mean()))
+    assert all(code == "" for _, code, _ in read_submission(tmp_path / "out" / "submission.csv"))
+
+
+def test_real_severstal_through_predict(trained_run, severstal_real, tmp_path) -> None:
+    b = write_bundle(tmp_path / "plain", [trained_run], kind="plain")
+    res = predict_folder(b, severstal_real / "train_images", tmp_path / "out", labels=severstal_real,
+                         overlays=True)
+    rows = read_submission(tmp_path / "out" / "submission.csv")
+    assert len(rows) == 11 * 4 and res["images"] == 11
+    for _, code, _ in rows:
+        rle.decode(code, (256, 1600))
+    assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 11
+
+
+def test_bad_inputs(trained_run, test_set, tmp_path, capsys) -> None:
+    b = write_bundle(tmp_path / "plain", [trained_run], kind="plain")
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no images"):
+        predict_folder(b, empty, tmp_path / "o1")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(test_set / "train_images", mixed)
+    (mixed / "notes.txt").write_text("not an image")
+    res = predict_folder(b, mixed, tmp_path / "o2")
+    assert res["skipped_files"] == ["notes.txt"] and res["images"] == 10
+    from PIL import Image
+
+    Image.fromarray(np.zeros((100, 500), np.uint8)).save(mixed / "other_size.png")
+    assert predict_folder(b, mixed, tmp_path / "o3")["images"] == 11  # any size the model takes
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(mixed / "tiny.png")
+    with pytest.raises(DataError, match="tiny.png: image is 8x8"):
+        predict_folder(b, mixed, tmp_path / "o4")
+    assert not (tmp_path / "o4" / "submission.csv").exists()
+    (b / "segmenters" / "0" / "best.safetensors").unlink()
+    assert main(["predict", str(b), str(test_set / "train_images"), "--out", str(tmp_path / "o5")]) == 2
+    assert "best.safetensors: missing" in capsys.readouterr().err
