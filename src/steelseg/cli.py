@@ -218,6 +218,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eda(args: argparse.Namespace) -> int:
+    from steelseg.eda import run_eda
+
+    out = args.out or Path("runs") / ("eda-" + Path(args.data).resolve().name)
+    s = run_eda(args.data, out, _class_names(args.class_names), args.sample, args.seed, progress=sys.stderr.isatty())
+    print(f"{s['images']} images, {100 * s['defect_free_share']:.1f}% defect-free, "
+          f"all-empty Kaggle Dice {s['all_empty_dice']:.4f}")
+    print(f"report: {Path(out) / 'index.html'}\nnumbers: {Path(out) / 'summary.json'}")
+    return 0
+
+
 TRAIN_EPILOG = """examples:
   steelseg train configs/tiny.yaml --data runs/demo/data
   steelseg train configs/neu_seg.yaml --set train.epochs=30 --set data.batch_size=16
@@ -276,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default DATA/folds.csv)")
     p.set_defaults(func=cmd_folds)
+
+    p = sub.add_parser("eda", help="write an HTML report with plots about a dataset",
+                       description="Counts, class co-occurrence, mask areas and connected components, "
+                                   "position heatmaps, brightness/contrast, a gallery with masks drawn, "
+                                   "and the all-empty Kaggle Dice baseline: OUT/index.html + summary.json.")
+    _add_data_args(p)
+    p.add_argument("--out", type=Path, default=None, help="report folder (default runs/eda-<dataset>)")
+    p.add_argument("--sample", type=int, default=None, help="look at a random subset of N images")
+    p.add_argument("--seed", type=int, default=0, help="seed for --sample and the gallery")
+    p.set_defaults(func=cmd_eda)
 
     p = sub.add_parser("train", help="train a segmenter or classifier from a YAML config",
                        description="Train one model (segment or classify) with PyTorch Lightning. Each "

@@ -347,7 +347,8 @@ def _open_kaggle(root: Path, csv_path: Path, class_names: list[str] | None, imag
                          splits, rles=rles)
 
 
-def _open_masks(root: Path, class_names: list[str] | None, progress: bool) -> DefectDataset:
+def _open_masks(root: Path, class_names: list[str] | None, progress: bool,
+                mask_visitor: Callable[[str, np.ndarray], None] | None = None) -> DefectDataset:
     img_dir, mask_dir = root / "JPEGImages", root / "SegmentationClass"
     images = {p.stem: p for p in _list_images(img_dir).values()}
     if not mask_dir.is_dir():
@@ -370,6 +371,8 @@ def _open_masks(root: Path, class_names: list[str] | None, progress: bool) -> De
     for stem, path in _progress(images.items(), len(images), "reading masks", progress):
         h, w = _image_size(path)
         labels = _read_label_png(masks[stem], (h, w), num_classes)
+        if mask_visitor is not None:
+            mask_visitor(stem, labels)
         hists.append(np.bincount(labels.ravel(), minlength=256)[:256] if labels.size else np.zeros(256, np.int64))
         table_rows.append({"image_id": stem, "path": str(path), "height": h, "width": w})
     hist = np.stack(hists) if hists else np.zeros((0, 256), np.int64)
@@ -392,10 +395,13 @@ def _open_masks(root: Path, class_names: list[str] | None, progress: bool) -> De
 
 
 def open_dataset(path: str | Path, class_names: Sequence[str] | None = None,
-                 progress: bool = False) -> DefectDataset:
+                 progress: bool = False,
+                 mask_visitor: Callable[[str, np.ndarray], None] | None = None) -> DefectDataset:
     """Open a dataset in either supported layout, detected from what is on disk.
 
-    ``path`` is the dataset folder (or a Kaggle CSV beside its ``train_images/``).
+    ``path`` is the dataset folder (or a Kaggle CSV beside its ``train_images/``). In the mask-folder
+    layout every mask is decoded once to count areas; ``mask_visitor(image_id, labels)`` sees each
+    label map then, so callers that need more mask statistics (EDA) need no second decode.
     """
     p = Path(path)
     if not p.exists():
@@ -408,7 +414,7 @@ def open_dataset(path: str | Path, class_names: Sequence[str] | None = None,
     if csv_path.is_file():
         return _open_kaggle(root, csv_path, names, root / "train_images", progress)
     if (root / "SegmentationClass").is_dir() or (root / "JPEGImages").is_dir():
-        return _open_masks(root, names, progress)
+        return _open_masks(root, names, progress, mask_visitor)
     raise DataError(
         f"{p}: no dataset found; expected train.csv + train_images/ (Kaggle layout) or "
         "JPEGImages/ + SegmentationClass/ (mask-folder layout)"

@@ -1,0 +1,324 @@
+"""Exploratory data analysis: ``steelseg eda DATA --out DIR`` writes ``DIR/index.html`` (plots as
+PNG files beside it, opens offline) and ``DIR/summary.json`` with the same numbers.
+
+One pass over the data: every mask is decoded once (mask-folder masks while the dataset is opened,
+Kaggle RLE in the pass) and every image is decoded once for brightness statistics and the gallery.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from steelseg import metrics, rle, viz
+from steelseg.datasets import DefectDataset, load_image, open_dataset
+
+__all__ = ["MaskStats", "run_eda"]
+
+HEATMAP_WIDTH = 400  # per-class position heatmaps are averaged at this width (aspect kept)
+GALLERY_PER_CLASS = 3
+
+
+@dataclass
+class MaskStats:
+    """Per-class statistics gathered from one decode of each mask."""
+
+    heat_shape: tuple[int, int] | None = None
+    heat: dict[int, np.ndarray] = field(default_factory=dict)  # class index -> summed resized masks
+    components: dict[int, list[int]] = field(default_factory=dict)  # class -> components per mask
+    component_sizes: dict[int, list[int]] = field(default_factory=dict)
+
+    def add(self, binary_by_class: dict[int, np.ndarray]) -> None:
+        for c, m in binary_by_class.items():
+            m = np.ascontiguousarray(m, dtype=np.uint8)
+            if self.heat_shape is None:
+                h, w = m.shape
+                self.heat_shape = (max(1, round(h * HEATMAP_WIDTH / w)), HEATMAP_WIDTH) if w > HEATMAP_WIDTH else (h, w)
+            hh, ww = self.heat_shape
+            small = cv2.resize(m.astype(np.float32), (ww, hh), interpolation=cv2.INTER_AREA)
+            self.heat[c] = self.heat.get(c, 0) + small
+            n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+            self.components.setdefault(c, []).append(n - 1)
+            self.component_sizes.setdefault(c, []).extend(stats[1:, cv2.CC_STAT_AREA].tolist())
+
+    def add_labels(self, labels: np.ndarray) -> None:
+        present = np.unique(labels)
+        self.add({int(v) - 1: labels == v for v in present if v > 0})
+
+
+def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
+    return (labels[..., None] == np.arange(1, k + 1)).astype(np.uint8)
+
+
+def _pct(values: np.ndarray, qs: list[float]) -> dict[str, float]:
+    if not len(values):
+        return {f"p{q:g}": float("nan") for q in qs}
+    return {f"p{q:g}": float(np.percentile(values, q)) for q in qs}
+
+
+def _fig(path: Path, fig: Any) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=96)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.name
+
+
+def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = None, sample: int | None = None,
+            seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Build the report; returns the summary dict also written to ``summary.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    img_dir = out / "img"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    stats = MaskStats()
+    seen: set[str] = set()
+    kept: dict[str, np.ndarray] = {}  # label maps of the first images of each class, for the gallery
+    quota: dict[int, int] = {}
+
+    def visit(image_id: str, labels: np.ndarray) -> None:  # mask-folder masks, decoded once
+        if sample is None:
+            stats.add_labels(labels)
+            seen.add(image_id)
+            keys = [int(v) - 1 for v in np.unique(labels) if v > 0] or [-1]
+            if any(quota.get(key, 0) < GALLERY_PER_CLASS for key in keys):
+                kept[image_id] = labels
+                for key in keys:
+                    quota[key] = quota.get(key, 0) + 1
+
+    ds = open_dataset(data, class_names, progress=progress, mask_visitor=visit)
+    sampled = sample is not None and sample < len(ds.table)
+    if sampled:
+        rng = np.random.default_rng(seed)
+        ids = sorted(rng.choice(ds.image_ids, size=sample, replace=False).tolist())
+        ds = ds.subset(ids)
+    names = ds.class_names
+    k = ds.num_classes
+    pres, areas = ds.presence(), ds.areas()
+    n = len(ds.table)
+    free = ~pres.any(axis=1)
+
+    # ---- one pass: images (brightness, contrast, gallery) and, for Kaggle RLE, the masks --------
+    rng = np.random.default_rng(seed)
+    pool = np.ones(n, bool)
+    if kept:  # mask-folder data: show images whose masks were kept while opening (no second decode)
+        pool = ds.table["image_id"].isin(list(kept)).to_numpy()
+    gallery_ids = {c: rng.permutation(np.flatnonzero(pres[:, c] & pool))[:GALLERY_PER_CLASS].tolist()
+                   for c in range(k)}
+    gallery_ids[-1] = rng.permutation(np.flatnonzero(free & pool))[:GALLERY_PER_CLASS].tolist()
+    wanted = {i for v in gallery_ids.values() for i in v}
+    brightness = np.zeros(n)
+    contrast = np.zeros(n)
+    gallery: dict[int, Any] = {}
+    it: Any = range(n)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="reading images", unit="img")
+    for i in it:
+        row = ds.table.iloc[i]
+        image_id = row["image_id"]
+        img = load_image(row["path"])
+        brightness[i], contrast[i] = float(img.mean()), float(img.std())
+        mask = None
+        if ds.layout == "kaggle":
+            h, w = int(row["height"]), int(row["width"])
+            mask = np.zeros((h, w, k), np.uint8)
+            for c in range(k):
+                code = ds.rles.get((image_id, c + 1))
+                if code:
+                    mask[..., c] = rle.decode(code, (h, w))
+            stats.add({c: mask[..., c] for c in range(k) if pres[i, c]})
+        elif image_id not in seen:  # sampled mask-folder data: decode the sampled masks here
+            mask = ds.load_mask(image_id)
+            stats.add({c: mask[..., c] for c in range(k) if pres[i, c]})
+        if i in wanted:
+            if mask is None:
+                mask = _one_hot(kept[image_id], k) if image_id in kept else ds.load_mask(image_id)
+            gallery[i] = viz.overlay(img, mask)
+
+    # ---- numbers ------------------------------------------------------------------------------
+    empty_pred = np.zeros_like(areas)
+    all_empty = metrics.dice_from_counts(empty_pred, empty_pred, areas)
+    cooc = (pres.T.astype(int) @ pres.astype(int)).tolist()
+    per_class = []
+    for c, name in enumerate(names):
+        a = areas[pres[:, c], c]
+        comps = np.asarray(stats.components.get(c, []))
+        sizes = np.asarray(stats.component_sizes.get(c, []))
+        per_class.append({
+            "id": c + 1, "name": name, "images": int(pres[:, c].sum()),
+            "image_share": float(pres[:, c].mean()) if n else 0.0,
+            "pixel_share": float(areas[:, c].sum() / max(float((ds.table["height"] * ds.table["width"]).sum()), 1)),
+            "area": {**_pct(a, [1, 5, 25, 50, 75, 95, 99]), "mean": float(a.mean()) if len(a) else float("nan")},
+            "components_per_mask": {"mean": float(comps.mean()) if len(comps) else float("nan"),
+                                    "max": int(comps.max()) if len(comps) else 0},
+            "component_size": _pct(sizes, [5, 50, 95]),
+            "brightness_mean": float(brightness[pres[:, c]].mean()) if pres[:, c].any() else float("nan"),
+            "contrast_mean": float(contrast[pres[:, c]].mean()) if pres[:, c].any() else float("nan"),
+            "all_empty_dice": float(all_empty[:, c].mean()) if n else float("nan"),
+            "suggested_min_area": float(np.percentile(a, 5)) if len(a) else None,
+        })
+    classes_per_image = pres.sum(axis=1)
+    sizes_wh = sorted({f"{int(w)}x{int(h)}" for h, w in zip(ds.table["height"], ds.table["width"])})
+    summary: dict[str, Any] = {
+        "data": str(data), "layout": ds.layout, "images": n, "sampled": sampled,
+        "image_sizes": sizes_wh, "class_names": names,
+        "defect_free": int(free.sum()), "defect_free_share": float(free.mean()) if n else 0.0,
+        "pairs": n * k, "nonempty_pairs": int(pres.sum()),
+        "defects_per_image": {str(v): int((classes_per_image == v).sum()) for v in range(k + 1)},
+        "cooccurrence": cooc,
+        "all_empty_dice": float(all_empty.mean()) if n else float("nan"),
+        "brightness_defect_free": float(brightness[free].mean()) if free.any() else None,
+        "contrast_defect_free": float(contrast[free].mean()) if free.any() else None,
+        "classes": per_class,
+    }
+
+    # ---- plots ----------------------------------------------------------------------------------
+    colors = [np.array(viz.color_of(c)) / 255 for c in range(k)]
+    figs: dict[str, str] = {}
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+    ax[0].bar(names + ["defect-free"], pres.sum(0).tolist() + [int(free.sum())], color=colors + [(0.6, 0.6, 0.6)])
+    ax[0].set_title("images per class")
+    ax[0].tick_params(axis="x", rotation=30)
+    ax[1].bar([str(v) for v in range(k + 1)], [summary["defects_per_image"][str(v)] for v in range(k + 1)], color="0.4")
+    ax[1].set_title("defect classes per image")
+    figs["counts"] = _fig(img_dir / "counts.png", fig)
+
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.0 * k + 1.8))
+    mat = np.asarray(cooc)
+    im = ax.imshow(mat, cmap="viridis")
+    ax.set_xticks(range(k), names, rotation=30)
+    ax.set_yticks(range(k), names)
+    for a in range(k):
+        for b in range(k):
+            ax.text(b, a, str(mat[a, b]), ha="center", va="center", color="w" if mat[a, b] < mat.max() / 2 else "k")
+    fig.colorbar(im, ax=ax)
+    ax.set_title("class co-occurrence (images)")
+    figs["cooccurrence"] = _fig(img_dir / "cooccurrence.png", fig)
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.4))
+    for c in range(k):
+        a = areas[pres[:, c], c]
+        if len(a):
+            bins = np.logspace(0, np.log10(max(a.max(), 10)), 30)
+            ax[0].hist(a, bins=bins, histtype="step", lw=2, color=colors[c], label=names[c])
+        s = np.asarray(stats.component_sizes.get(c, []))
+        if len(s):
+            bins = np.logspace(0, np.log10(max(s.max(), 10)), 30)
+            ax[1].hist(s, bins=bins, histtype="step", lw=2, color=colors[c], label=names[c])
+    for a_, title in zip(ax, ["mask area per (image, class), pixels", "connected component size, pixels"]):
+        a_.set_xscale("log")
+        a_.set_title(title)
+        a_.legend(fontsize=8)
+    figs["areas"] = _fig(img_dir / "areas.png", fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    data_c = [stats.components.get(c, []) for c in range(k)]
+    ax.boxplot([d if d else [0] for d in data_c], tick_labels=names)
+    ax.set_title("connected components per mask")
+    figs["components"] = _fig(img_dir / "components.png", fig)
+
+    hh, ww = stats.heat_shape or (1, 1)
+    wide = ww >= 2 * hh  # Severstal strips: one under the other; square images: side by side
+    if wide:
+        fig, axes = plt.subplots(k, 1, figsize=(9, (9 * hh / ww + 0.6) * k), squeeze=False)
+        axes = axes[:, 0]
+    else:
+        fig, axes = plt.subplots(1, k, figsize=(3.6 * k, 3.4), squeeze=False)
+        axes = axes[0]
+    for c in range(k):
+        heat = stats.heat.get(c)
+        heat = heat / max(int(pres[:, c].sum()), 1) if heat is not None else np.zeros((hh, ww))
+        im = axes[c].imshow(heat, cmap="magma")
+        axes[c].set_title(f"{names[c]}: share of masks covering each pixel", fontsize=9)
+        axes[c].axis("off")
+        fig.colorbar(im, ax=axes[c], fraction=0.046 if not wide else 0.02)
+    figs["heatmaps"] = _fig(img_dir / "heatmaps.png", fig)
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+    groups = [brightness[pres[:, c]] for c in range(k)] + [brightness[free]]
+    cgroups = [contrast[pres[:, c]] for c in range(k)] + [contrast[free]]
+    labels = names + ["defect-free"]
+    ax[0].boxplot([g if len(g) else [np.nan] for g in groups], tick_labels=labels)
+    ax[0].set_title("mean brightness per image")
+    ax[1].boxplot([g if len(g) else [np.nan] for g in cgroups], tick_labels=labels)
+    ax[1].set_title("contrast (std of pixels) per image")
+    for a_ in ax:
+        a_.tick_params(axis="x", rotation=30)
+    figs["brightness"] = _fig(img_dir / "brightness.png", fig)
+
+    # ---- gallery ---------------------------------------------------------------------------------
+    gallery_html = []
+    for c in list(range(k)) + [-1]:
+        title = "defect-free" if c < 0 else names[c]
+        cells = []
+        for i in gallery_ids[c]:
+            pic = gallery[i]
+            if pic.shape[1] > 800:
+                pic = cv2.resize(pic, (800, round(pic.shape[0] * 800 / pic.shape[1])), interpolation=cv2.INTER_AREA)
+            fname = f"gallery_{'free' if c < 0 else c + 1}_{i}.png"
+            cv2.imwrite(str(img_dir / fname), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
+            cells.append(f'<figure><img src="img/{fname}" alt="{html.escape(ds.table.iloc[i]["image_id"])}">'
+                         f'<figcaption>{html.escape(ds.table.iloc[i]["image_id"])}</figcaption></figure>')
+        gallery_html.append(f"<h3>{html.escape(title)}</h3>" + ("".join(cells) or "<p>none</p>"))
+    legend = "".join(f'<span class="sw" style="background:rgb{viz.color_of(c)}"></span>{html.escape(nm)} '
+                     for c, nm in enumerate(names))
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _write_html(out / "index.html", summary, figs, "".join(gallery_html), legend)
+    return summary
+
+
+def _write_html(path: Path, s: dict[str, Any], figs: dict[str, str], gallery: str, legend: str) -> None:
+    rows = "".join(
+        f"<tr><td>{c['id']}</td><td>{html.escape(c['name'])}</td><td>{c['images']}</td>"
+        f"<td>{100 * c['image_share']:.1f}%</td><td>{100 * c['pixel_share']:.3f}%</td>"
+        f"<td>{c['area']['p1']:.0f}</td><td>{c['area']['p5']:.0f}</td><td>{c['area']['p50']:.0f}</td>"
+        f"<td>{c['components_per_mask']['mean']:.2f}</td><td>{c['brightness_mean']:.1f}</td>"
+        f"<td>{c['all_empty_dice']:.4f}</td></tr>"
+        for c in s["classes"])
+    img = lambda key, alt: f'<img src="img/{figs[key]}" alt="{alt}">'  # noqa: E731
+    free_b = "none in this data" if s["brightness_defect_free"] is None else f"{s['brightness_defect_free']:.1f}"
+    doc = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>steelseg EDA: {html.escape(s['data'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th {{ background: #f3f3f3; }} figure {{ display: inline-block; margin: 4px; }} figure img {{ max-width: 800px; }}
+figcaption {{ font-size: 12px; color: #555; }} .sw {{ display: inline-block; width: 14px; height: 14px; margin: 0 4px 0 12px; vertical-align: middle; }}
+.kpi {{ display: inline-block; margin-right: 2em; }} .kpi b {{ font-size: 1.4em; display: block; }}
+</style></head><body>
+<h1>Dataset report</h1>
+<p>{html.escape(s['data'])} ({s['layout']} layout{', sampled' if s['sampled'] else ''}); image sizes {', '.join(s['image_sizes'])}</p>
+<div>
+<span class="kpi"><b>{s['images']}</b>images</span>
+<span class="kpi"><b>{100 * s['defect_free_share']:.1f}%</b>defect-free</span>
+<span class="kpi"><b>{s['pairs']}</b>(image, class) pairs, {s['nonempty_pairs']} with a defect</span>
+<span class="kpi"><b>{s['all_empty_dice']:.4f}</b>Kaggle Dice of an all-empty submission</span>
+</div>
+<h2>Classes</h2>
+<table><tr><th>id</th><th>class</th><th>images</th><th>image share</th><th>pixel share</th><th>area p1</th>
+<th>area p5</th><th>area median</th><th>components / mask</th><th>brightness</th><th>all-empty Dice</th></tr>{rows}</table>
+<p>Defect-free images: mean brightness {free_b}. Small mask areas (p1, p5) are where to start the
+minimum-area search of post-processing.</p>
+<h2>Counts</h2>{img('counts', 'images per class')}
+<h2>Co-occurrence</h2>{img('cooccurrence', 'class co-occurrence')}
+<h2>Mask areas and connected components</h2>{img('areas', 'mask areas')}{img('components', 'components per mask')}
+<h2>Where defects sit</h2>{img('heatmaps', 'position heatmaps')}
+<h2>Image statistics</h2>{img('brightness', 'brightness and contrast')}
+<h2>Gallery</h2><p>Legend: {legend}</p>{gallery}
+</body></html>
+"""
+    path.write_text(doc)
