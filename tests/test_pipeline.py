@@ -104,6 +104,23 @@ def test_predictor_api_gating_tta_ensemble(trained_run, trained_classifier, test
     assert single.masks.shape == (48, 200, 4)
 
 
+def test_binary_classifier_gates_every_class(trained_run, synth_small, test_set, tmp_path) -> None:
+    from steelseg.postprocess import PostProcess
+    from steelseg.train import fit
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+        f"data.path={synth_small}", f"out_dir={tmp_path}", "data.num_workers=0", "data.crop=null", "train.epochs=1",
+        "track.mlflow=false", "model.task=classify", "model.encoder=test_resnet", "model.kwargs={}",
+        "train.loss=bce", "model.binary=true"])
+    binary = fit(cfg).run_dir
+    ds = open_dataset(test_set)
+    images = [ds.load_image(i) for i in ds.image_ids[:2]]
+    p = Predictor.from_models([trained_run], [binary], PostProcess([0.0] * 4, [0] * 4, gate_threshold=[1.01] * 4))
+    preds = p.predict(images)
+    assert all(r.gate.shape == (4,) and np.allclose(r.gate, r.gate_any) for r in preds)
+    assert all(r.masks.sum() == 0 for r in preds)  # every class gated off by the one probability
+
+
 def test_all_empty_baseline_bundle(test_set, tmp_path) -> None:
     b = tmp_path / "empty"
     assert main(["bundle", "--empty", "--class-names", "pits,streaks,scratches,blotches", "--out", str(b)]) == 0

@@ -69,6 +69,26 @@ def test_classifier_multilabel(loss, synth_small, tmp_path) -> None:
         assert model(torch.zeros(2, 1, 64, 320)).shape == (2, 4)
 
 
+def test_binary_defect_classifier(synth_small, tmp_path) -> None:
+    result = fit(tiny_cfg(synth_small, tmp_path, "model.task=classify", "model.encoder=test_resnet", "model.kwargs={}",
+                          "train.loss=bce", "model.binary=true"))
+    assert "val/auc_defect" in read_metrics(result.run_dir)[0] or "val/f1_defect" in read_metrics(result.run_dir)[0]
+    model, meta = load_model(result.run_dir / "model")
+    assert meta["model"]["outputs"] == 1 and meta["model"]["binary"]
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 64, 320)).shape == (2, 1)
+
+
+def test_wandb_offline(synth_small, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("wandb", reason="wandb is the optional [wandb] extra")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "track.wandb=true", "train.limit_train_batches=2"))
+    ids = json.loads((result.run_dir / "tracking.json").read_text())
+    assert ids.get("wandb_run_id")
+    offline = list((result.run_dir / "wandb").glob("offline-run-*"))
+    assert offline and any(p.suffix == ".wandb" for p in offline[0].iterdir())
+
+
 @pytest.mark.parametrize("loss", ["dice", "focal", "lovasz"])
 def test_losses_and_onecycle(loss, synth_small, tmp_path) -> None:
     result = fit(tiny_cfg(synth_small, tmp_path, f"train.loss={loss}", TINY_DEC, "train.scheduler=onecycle",

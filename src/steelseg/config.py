@@ -49,6 +49,7 @@ class ModelConfig:
     encoder: str = "resnet18"  # any smp encoder, or a timm one as tu-NAME (tu-xception41)
     encoder_weights: str | None = None  # None = random init (offline); "imagenet" when online
     per_class: bool = False  # one binary segmenter per class instead of one multi-class model
+    binary: bool = False  # classify only: one "any defect" output instead of one per class
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the smp / timm constructor
 
 
@@ -203,6 +204,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"data.mean / data.std need {cfg.data.channels} value(s), one per channel")
     if cfg.data.crop is not None and len(cfg.data.crop) != 2:
         raise ConfigError(f"data.crop: expected [height, width], got {cfg.data.crop}")
+    if cfg.model.binary and cfg.model.task != "classify":
+        raise ConfigError("model.binary is for classifiers (model.task: classify)")
     if cfg.model.task == "classify" and cfg.train.loss not in ("bce", "focal"):
         raise ConfigError(f"train.loss: {cfg.train.loss!r} is for segmenters; classifiers use bce or focal")
     from steelseg.models import check_model_names

@@ -180,7 +180,8 @@ class Predictor:
         if self.classifiers:
             g = self._run(self.classifiers, images, False)  # (n, K) or (n, 1)
             gate_any = g.max(axis=1)
-            gate = g if g.shape[1] == k else None
+            # A binary (defect / no defect) classifier gates every class on its one probability.
+            gate = g if g.shape[1] == k else np.repeat(gate_any[:, None], k, axis=1)
             if self.pp is not None and self.pp.gate_any is not None:
                 run_seg = gate_any >= self.pp.gate_any  # skip segmentation of defect-free images
         probs = np.zeros((n, k, *shape), np.float32)

@@ -14,8 +14,37 @@ from steelseg.errors import RLEError
 __all__ = ["RLEError", "decode", "encode", "parse", "rle_area"]
 
 
+_LUT_CAP = 1 << 20  # numbers below this are formatted from a table (8 bytes each, 8 MiB at most)
+_lut: np.ndarray | None = None
+
+
+def _digit_table(limit: int) -> np.ndarray:
+    """For each number below ``limit`` (rounded up to a power of two), its decimal digits, a space
+    and zero padding as 8 bytes, viewed as one uint64 so a gather moves a whole row at once."""
+    global _lut
+    if _lut is None or len(_lut) < limit:
+        size = min(_LUT_CAP, 1 << max(16, (limit - 1).bit_length()))
+        v = np.arange(size, dtype=np.int64)
+        ndig = 1 + sum((v >= 10**p).astype(np.int64) for p in range(1, 7))
+        right = np.empty((size, 7), np.uint8)  # right-aligned, zero-filled digits
+        rest = v.copy()
+        for col in range(6, -1, -1):
+            right[:, col] = rest % 10 + 48
+            rest //= 10
+        inside = np.arange(8)[None, :] < ndig[:, None]
+        rows, cols = np.nonzero(inside)
+        table = np.zeros((size, 8), np.uint8)
+        table[rows, cols] = right[rows, cols + 7 - ndig[rows]]
+        table[np.arange(size), ndig] = 32  # the separating space
+        _lut = table.view(np.uint64).reshape(-1)
+    return _lut
+
+
 def _format(values: np.ndarray) -> str:
-    # One printf-style bytes format in C: about twice as fast as joining str() of each number.
+    """Numbers to 'a b c ...': rows of a digit table gathered at once instead of str() per number."""
+    if values.size and int(values.max()) < _LUT_CAP:
+        chars = _digit_table(int(values.max()) + 1)[values].view(np.uint8)
+        return chars[chars != 0][:-1].tobytes().decode("ascii")
     items = values.tolist()
     return (b"%d " * len(items) % tuple(items))[:-1].decode("ascii")
 

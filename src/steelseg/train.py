@@ -91,6 +91,10 @@ def build_loss(name: str, task: str, num_classes: int, pos_weight: list[float] |
 
 
 # ---- the module -------------------------------------------------------------------------------
+def output_names(cfg: RunConfig, class_names: list[str]) -> list[str]:
+    """Names of the model's outputs: the classes, or one "defect" output for a binary classifier."""
+    return ["defect"] if cfg.model.task == "classify" and cfg.model.binary else list(class_names)
+
 class SteelsegModule(L.LightningModule):
     """One module for both tasks: ``segment`` (masks) and ``classify`` (per-class presence)."""
 
@@ -99,8 +103,8 @@ class SteelsegModule(L.LightningModule):
         from steelseg.models import create_classifier, create_segmenter
 
         self.cfg = cfg
-        self.class_names = class_names
-        k = len(class_names)
+        self.class_names = output_names(cfg, class_names)
+        k = len(self.class_names)
         m = cfg.model
         if m.task == "segment":
             self.model = create_segmenter(m.arch, m.encoder, k, cfg.data.channels, m.encoder_weights,
@@ -118,7 +122,10 @@ class SteelsegModule(L.LightningModule):
         return self.model(x)
 
     def _target(self, batch: dict[str, Any]) -> torch.Tensor:
-        return batch["mask"] if self.cfg.model.task == "segment" else batch["labels"]
+        if self.cfg.model.task == "segment":
+            return batch["mask"]
+        labels = batch["labels"]
+        return labels.amax(dim=1, keepdim=True) if self.cfg.model.binary else labels
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -361,6 +368,10 @@ class RunResult:
     monitor: str
 
 
+def _batches(n: int, limit: int | float) -> int:
+    return min(n, limit) if isinstance(limit, int) else int(n * limit)
+
+
 def _new_run_dir(cfg: RunConfig) -> Path:
     if os.environ.get(RUN_DIR_ENV):  # a DDP worker started by Lightning: same folder as rank 0
         return Path(os.environ[RUN_DIR_ENV])
@@ -411,7 +422,8 @@ def _model_meta(cfg: RunConfig, ds: DefectDataset, split_how: str) -> dict[str, 
     return {
         "steelseg_version": __version__,
         "format": "steelseg-model/1",
-        "model": {"task": m.task, "arch": m.arch, "encoder": m.encoder, "outputs": len(ds.class_names),
+        "model": {"task": m.task, "arch": m.arch, "encoder": m.encoder,
+                  "outputs": len(output_names(cfg, ds.class_names)), "binary": m.binary,
                   "in_channels": cfg.data.channels, "per_class": m.per_class, "kwargs": m.kwargs,
                   "encoder_weights_at_init": m.encoder_weights},
         "classes": list(range(1, len(ds.class_names) + 1)),
@@ -425,28 +437,32 @@ def _model_meta(cfg: RunConfig, ds: DefectDataset, split_how: str) -> dict[str, 
     }
 
 
-def fit(cfg: RunConfig, resume: str | Path | None = None, progress: bool | None = None) -> RunResult:
-    """Train one model as ``cfg`` says; ``resume`` continues the run folder given."""
+def fit(cfg: RunConfig, resume: str | Path | None = None, progress: bool | None = None,
+        callbacks: list[Callback] | None = None) -> RunResult:
+    """Train one model as ``cfg`` says; ``resume`` continues the run folder given.
+
+    ``callbacks`` are extra Lightning callbacks (profiling, custom logging).
+    """
     launcher = not os.environ.get(RUN_DIR_ENV)
     try:
-        return _fit(cfg, resume, progress)
+        return _fit(cfg, resume, progress, callbacks or [])
     finally:
         if launcher:  # the next run in this process gets a folder of its own
             os.environ.pop(RUN_DIR_ENV, None)
 
 
-def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None) -> RunResult:
+def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra: list[Callback]) -> RunResult:
     run_dir = Path(resume) if resume else _new_run_dir(cfg)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if resume and not ckpt.is_file():
         raise DataError(f"{ckpt}: nothing to resume from (the run saved no checkpoint yet)")
     is_worker = bool(os.environ.get(RUN_DIR_ENV)) and os.environ.get("LOCAL_RANK", "0") != "0"
-    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers re-run this command and read it
-    (run_dir / "model").mkdir(parents=True, exist_ok=True)
     if not cfg.data.path:
         raise ConfigError("data.path is empty: give the dataset with --data PATH or --set data.path=PATH")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    ds = open_dataset(cfg.data.path, cfg.data.class_names)
+    ds = open_dataset(cfg.data.path, cfg.data.class_names)  # bad data fails before a run folder exists
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers re-run this command and read it
+    (run_dir / "model").mkdir(parents=True, exist_ok=True)
     train_ids, val_ids, how = resolve_split(cfg, ds, None if is_worker else run_dir)
     if not train_ids or not val_ids:
         raise DataError(f"{cfg.data.path}: empty training or validation set ({how})")
@@ -471,6 +487,7 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None) -> Ru
     if t.checkpoint_every:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
                                          every_n_train_steps=t.checkpoint_every, enable_version_counter=False))
+    callbacks += extra
     if progress:
         callbacks.append(TQDMProgressBar())
     if t.early_stopping:
@@ -489,7 +506,7 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None) -> Ru
         max_time=None if t.max_minutes is None else {"minutes": t.max_minutes}, limit_val_batches=t.limit_val_batches,
         callbacks=callbacks, logger=loggers or False, enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
-        log_every_n_steps=max(1, min(10, len(train_loader))),
+        log_every_n_steps=max(1, min(10, _batches(len(train_loader), t.limit_train_batches))),
     )
     if loggers and trainer.is_global_zero:
         for lg in loggers:
@@ -507,7 +524,8 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None) -> Ru
         for lg in loggers:
             if type(lg).__name__ == "MLFlowLogger":
                 lg.experiment.log_artifacts(lg.run_id, str(run_dir / "model"), "model")
-                lg.experiment.log_artifact(lg.run_id, str(run_dir / "metrics.csv"))
+                if (run_dir / "metrics.csv").is_file():
+                    lg.experiment.log_artifact(lg.run_id, str(run_dir / "metrics.csv"))
     return RunResult(run_dir, recorder.best, recorder.best_epoch, monitor)
 
 

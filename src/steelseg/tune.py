@@ -103,5 +103,8 @@ def tune_postprocess(hist_all: np.ndarray, hist_true: np.ndarray, image_pixels: 
         chosen_a.append(int(min_areas[a]))
         chosen_g.append(float(gates_grid[g]))
         after.append(float(scores[t, a, g]))
-    pp = PostProcess(chosen_t, chosen_a, [0] * k, chosen_g if gate is not None else None)
+    # Where every class is gated at >= g, an image whose classifier probabilities all stay below g
+    # loses every class anyway: the pipeline then skips its segmentation (same result, less work).
+    gate_any = min(chosen_g) if gate is not None and min(chosen_g) > 0 else None
+    pp = PostProcess(chosen_t, chosen_a, [0] * k, chosen_g if gate is not None else None, gate_any)
     return TuneReport(before, after, pp)
