@@ -34,6 +34,15 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated class names (default: classes.txt in the dataset, else class1..classC)")
 
 
+def _add_pipeline_args(p: argparse.ArgumentParser, nargs: str) -> None:
+    p.add_argument("runs", nargs=nargs, help="segmenter run folders (several = fold ensemble)")
+    p.add_argument("--data", required=True, help="labelled dataset")
+    p.add_argument("--split", default="val", help="val (the run's own validation list), a dataset split, or all")
+    p.add_argument("--classifier", action="append", help="gating classifier run folder, repeatable")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--device", default="auto", help="cpu, cuda, auto")
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -320,28 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict a split once, report Kaggle mean Dice (overall, per class, "
                                    "vs the all-empty baseline), IoU per class, classifier precision/recall; "
                                    "save metrics.json, per_image.csv and predictions.npz for tuning.")
-    p.add_argument("runs", nargs="*", help="segmenter run folders (several = fold ensemble)")
-    p.add_argument("--data", required=True, help="labelled dataset")
-    p.add_argument("--split", default="val", help="val (the run's own), a dataset split name, or all")
-    p.add_argument("--classifier", action="append", help="gating classifier run folder, repeatable")
+    _add_pipeline_args(p, "*")
     p.add_argument("--bundle", default=None, help="evaluate a bundle (with its post-processing) instead")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/eval-SPLIT)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, auto")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("tune", help="tune thresholds / minimum areas / gates and write a bundle",
                        description="Search per-class pixel thresholds, minimum mask areas and classifier "
                                    "gates on validation predictions to maximise Kaggle mean Dice; write a "
                                    "bundle for `steelseg predict`.")
-    p.add_argument("runs", nargs="+", help="segmenter run folders (several = fold ensemble)")
-    p.add_argument("--data", required=True, help="labelled dataset")
-    p.add_argument("--split", default="val", help="split to tune on (default: the run's validation list)")
-    p.add_argument("--classifier", action="append", help="gating classifier run folder, repeatable")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    _add_pipeline_args(p, "+")
     p.add_argument("--eval-dir", default=None, help="saved predictions (default RUN/eval-SPLIT)")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--device", default="auto", help="cpu, cuda, auto")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bundle", help="pack models without tuning (plain baseline) or the all-empty baseline",

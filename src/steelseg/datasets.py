@@ -108,6 +108,7 @@ class DefectDataset:
     splits: dict[str, list[str]] = field(default_factory=dict)
     rles: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)
     mask_paths: dict[str, Path] = field(default_factory=dict, repr=False)
+    _idx: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -132,11 +133,9 @@ class DefectDataset:
         return self.table.iloc[idx]
 
     def _index(self) -> dict[str, int]:
-        cache = getattr(self, "_idx_cache", None)
-        if cache is None or len(cache) != len(self.table):
-            cache = {k: i for i, k in enumerate(self.table["image_id"])}
-            object.__setattr__(self, "_idx_cache", cache)
-        return cache
+        if self._idx is None or len(self._idx) != len(self.table):
+            self._idx = {k: i for i, k in enumerate(self.table["image_id"])}
+        return self._idx
 
     def load_image(self, image_id: str, channels: int = 1) -> np.ndarray:
         return load_image(self.row(image_id)["path"], channels)
