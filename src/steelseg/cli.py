@@ -176,7 +176,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         prev = json.loads(meta_path.read_text())
         same = (prev["segmenters"] == [str(r) for r in args.runs] and prev["classifiers"] ==
                 [str(c) for c in args.classifier or []] and prev["tta"] == args.tta and prev["split"] == args.split
-                and prev.get("postprocess", {}).get("min_area") == [0] * len(prev["dice_per_class"]))
+                # probabilities are raw unless gating skipped some images' segmentation
+                and (prev.get("postprocess") or {}).get("gate_any") is None)
     if not same:
         print(f"predicting {args.split} once (saved to {eval_dir}) ...", flush=True)
         evaluate(args.runs, args.data, eval_dir, args.split, args.classifier or [], args.tta,
