@@ -174,7 +174,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     same = False
     if meta_path.is_file():
         prev = json.loads(meta_path.read_text())
-        same = (prev["segmenters"] == [str(r) for r in args.runs] and prev["classifiers"] ==
+        same = (prev["data"] == str(args.data) and prev["segmenters"] == [str(r) for r in args.runs] and prev["classifiers"] ==
                 [str(c) for c in args.classifier or []] and prev["tta"] == args.tta and prev["split"] == args.split
                 # probabilities are raw unless gating skipped some images' segmentation
                 and (prev.get("postprocess") or {}).get("gate_any") is None)
