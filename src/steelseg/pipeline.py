@@ -299,9 +299,9 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
                 acc.update(pred.masks[None], true[None])
             if overlays:
                 img = load_image(path)
-                pic = viz.overlay(img, pred.masks)
+                pic = viz.caption(viz.overlay(img, pred.masks), f"{path.name}: prediction")
                 if true is not None:
-                    pic = viz.side_by_side(pic, viz.overlay(img, true))
+                    pic = viz.side_by_side(pic, viz.caption(viz.overlay(img, true), "ground truth"))
                 cv2.imwrite(str(out / "overlays" / (path.stem + ".png")), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
     summary: dict[str, Any] = {"images": len(images), "skipped_files": [p.name for p in others],
                                "submission": str(out / "submission.csv"), "class_names": predictor.class_names}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["CLASS_COLORS", "color_of", "overlay", "side_by_side"]
+__all__ = ["CLASS_COLORS", "caption", "color_of", "overlay", "side_by_side"]
 
 # RGB, colour-blind friendly (Okabe-Ito), one per class in order.
 CLASS_COLORS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (213, 94, 0), (204, 121, 167),
@@ -39,3 +39,12 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarra
     """Stack two RGB images vertically (wide strips read best one above the other)."""
     sep = np.full((gap, left.shape[1], 3), 255, np.uint8)
     return np.vstack([left, sep, right])
+
+
+def caption(image: np.ndarray, text: str) -> np.ndarray:
+    """Write a short label in the top-left corner (white on a dark box), in place; returns it."""
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1
+    (w, h), base = cv2.getTextSize(text, font, scale, thick)
+    cv2.rectangle(image, (0, 0), (w + 8, h + base + 6), (0, 0, 0), -1)
+    cv2.putText(image, text, (4, h + 3), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return image
