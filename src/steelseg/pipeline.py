@@ -270,7 +270,7 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
     import cv2
 
     from steelseg import metrics, viz
-    from steelseg.datasets import load_image, open_dataset
+    from steelseg.datasets import _image_size, load_image, open_dataset
     from steelseg.submission import SubmissionWriter
 
     predictor = Predictor.from_bundle(bundle, device=device, tta=tta)
@@ -280,9 +280,8 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     truth = open_dataset(labels, predictor.class_names) if labels else None
+    labelled = set(truth.image_ids) if truth is not None else set()
     for p in images:  # refuse what no model can take, before any work is done
-        from steelseg.datasets import _image_size
-
         h, w = _image_size(p)
         if h < min_size or w < min_size:
             raise DataError(f"{p}: image is {w}x{h}; the model needs at least {min_size}x{min_size} pixels")
@@ -294,7 +293,7 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
         for path, pred in predictor.predict_paths(images, progress=progress):
             sub.add(path.name, pred.masks)
             true = None
-            if truth is not None and path.name in set(truth.image_ids):
+            if truth is not None and path.name in labelled:
                 true = truth.load_mask(path.name)
                 acc.update(pred.masks[None], true[None])
             if overlays:
