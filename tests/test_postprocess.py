@@ -101,3 +101,33 @@ def test_tune_with_gate() -> None:
     report = tune_postprocess(ha, ht, 64, gate=gate)
     assert report.before[0] == pytest.approx(0.5) and report.after[0] == pytest.approx(1.0)
     assert 0.1 < report.chosen.gate_threshold[0] <= 0.9
+
+
+def test_tune_min_component_removes_speckles() -> None:
+    from steelseg.metrics import kaggle_dice
+    from steelseg.tune import tune_min_component
+
+    rng = np.random.default_rng(0)
+    n, h, w = 12, 64, 64
+    probs = np.zeros((n, h, w, 1), np.float32)
+    true = np.zeros((n, h, w, 1), np.uint8)
+    for i in range(n):
+        if i % 2 == 0:
+            true[i, 20:36, 20:36, 0] = 1
+            probs[i, 20:36, 20:36, 0] = 0.9
+        for _ in range(30):  # isolated 2-pixel speckles everywhere
+            y, x = rng.integers(0, h // 3) * 3, rng.integers(0, w // 3) * 3
+            if not true[i, max(0, y - 2):y + 3, max(0, x - 2):x + 4].any():
+                probs[i, y, x:x + 2, 0] = 0.9
+    ha, ht = _hists(probs, true)
+    q = np.round(probs * 255).astype(np.uint8)
+    report = tune_postprocess(ha, ht, h * w)
+    assert report.after[0] < 1.0  # thresholds and areas alone cannot remove the speckles
+    same, score = tune_min_component(q, true, report.chosen, component_fractions=np.array([0]))
+    assert score[0] == pytest.approx(report.after[0])  # the two searches agree without components
+    refined, score = tune_min_component(q, true, report.chosen,
+                                        component_fractions=np.array([0, 3, 10, 300]) / (h * w))
+    assert refined.min_component == [3] or refined.min_component == [10]
+    assert score[0] == pytest.approx(1.0)
+    masks = postprocess.apply_batch(q / 255, refined)
+    assert kaggle_dice(masks, true).mean == pytest.approx(1.0)  # what tuning promised, applied

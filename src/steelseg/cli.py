@@ -167,7 +167,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from steelseg.evaluate import evaluate, load_predictions
     from steelseg.pipeline import write_bundle
-    from steelseg.tune import tune_postprocess
+    from steelseg.tune import tune_min_component, tune_postprocess
 
     eval_dir = Path(args.eval_dir or Path(args.runs[0]) / f"eval-{args.split}")
     meta_path = eval_dir / "metrics.json"
@@ -187,6 +187,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     pred = load_predictions(eval_dir)
     pixels = int(np.median(pred["image_pixels"]))
     report = tune_postprocess(pred["hist_all"], pred["hist_true"], pixels, pred.get("gate"))
+    if "probs" in pred and "true" in pred:  # refine with a minimum connected-component size
+        report.chosen, report.after = tune_min_component(pred["probs"], pred["true"], report.chosen,
+                                                         pred.get("gate"))
     names = list(json.loads(meta_path.read_text())["dice_per_class"])
     print(report.table(names))
     extra = {"tuned_on": {"data": str(args.data), "split": args.split, "images": int(len(pred["image_ids"])),

@@ -75,7 +75,7 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
     cm = np.zeros((k + 1, k + 1), np.int64)
     hist_all = np.zeros((len(ids), k, 256), np.int64)
     hist_true = np.zeros((len(ids), k, 256), np.int64)
-    gates, gate_any, probs_q, rows = [], [], [], []
+    gates, gate_any, probs_q, trues, rows = [], [], [], [], []
     paths = sub.table["path"].tolist()
     for i, (_, pred) in enumerate(predictor.predict_paths(paths, progress=progress)):
         image_id = ids[i]
@@ -94,6 +94,7 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
             gate_any.append(pred.gate_any)
         if save_probs:
             probs_q.append(q)
+            trues.append(np.packbits(true > 0, axis=None))
         row = {"image_id": image_id}
         for c, name in enumerate(names):
             row[f"dice_{name}"] = round(float(d[c]), 6)
@@ -125,7 +126,8 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
     if gate_any:
         arrays["gate_any"] = np.asarray(gate_any)
     if probs_q and len({p.shape for p in probs_q}) == 1:
-        arrays["probs"] = np.stack(probs_q)
+        arrays["probs"] = np.stack(probs_q)  # (N, H, W, C) uint8, for tuning component sizes
+        arrays["true_packed"] = np.stack(trues)  # the masks as bits, so tuning needs no dataset
     np.savez_compressed(out / "predictions.npz", **arrays)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     with open(out / "per_image.csv", "w", newline="") as fh:
@@ -137,8 +139,14 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
 
 
 def load_predictions(folder: str | Path) -> dict[str, np.ndarray]:
+    """Arrays saved by ``evaluate``; ``true`` is unpacked to (N, H, W, C) when probabilities were saved."""
     path = Path(folder) / "predictions.npz"
     if not path.is_file():
         raise DataError(f"{path}: missing; run `steelseg evaluate` first")
     with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+        out = {k: z[k] for k in z.files}
+    if "probs" in out and "true_packed" in out:
+        shape = out["probs"].shape
+        bits = int(np.prod(shape[1:]))
+        out["true"] = np.unpackbits(out.pop("true_packed"), axis=1, count=bits).reshape(shape)
+    return out
