@@ -202,7 +202,8 @@ class Predictor:
         from steelseg.datasets import load_image
 
         paths = [Path(p) for p in paths]
-        ch = 1
+        models = self.segmenters + self.classifiers
+        ch = max((m.meta["input"]["channels"] for m in models), default=1)  # RGB models get colour
         bar = None
         if progress:
             from tqdm.auto import tqdm
