@@ -69,6 +69,17 @@ def test_classifier_multilabel(loss, synth_small, tmp_path) -> None:
         assert model(torch.zeros(2, 1, 64, 320)).shape == (2, 4)
 
 
+def test_rgb_input_end_to_end(synth_small, tmp_path) -> None:
+    from steelseg.pipeline import Predictor
+
+    result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "data.channels=3", "data.mean=[0.485, 0.456, 0.406]",
+                          "data.std=[0.229, 0.224, 0.225]", "train.limit_train_batches=2"))
+    _, meta = load_model(result.run_dir / "model")
+    assert meta["input"]["channels"] == 3 and meta["model"]["in_channels"] == 3
+    pred = Predictor.from_models([result.run_dir]).predict([np.zeros((64, 320), np.uint8)])[0]
+    assert pred.probs.shape == (64, 320, 4)
+
+
 def test_binary_defect_classifier(synth_small, tmp_path) -> None:
     result = fit(tiny_cfg(synth_small, tmp_path, "model.task=classify", "model.encoder=test_resnet", "model.kwargs={}",
                           "train.loss=bce", "model.binary=true"))
