@@ -162,6 +162,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saved_matches(prev: dict, args: argparse.Namespace) -> bool:
+    """Whether saved predictions came from these models, data, split and TTA, with raw probabilities
+    (a bundle whose gate skipped segmentation of some images leaves zeros instead)."""
+    return (prev["data"] == str(args.data) and prev["split"] == args.split and prev["tta"] == args.tta
+            and prev["segmenters"] == [str(r) for r in args.runs]
+            and prev["classifiers"] == [str(c) for c in args.classifier or []]
+            and (prev.get("postprocess") or {}).get("gate_any") is None)
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -171,13 +180,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     eval_dir = Path(args.eval_dir or Path(args.runs[0]) / f"eval-{args.split}")
     meta_path = eval_dir / "metrics.json"
-    same = False
-    if meta_path.is_file():
-        prev = json.loads(meta_path.read_text())
-        same = (prev["data"] == str(args.data) and prev["segmenters"] == [str(r) for r in args.runs] and prev["classifiers"] ==
-                [str(c) for c in args.classifier or []] and prev["tta"] == args.tta and prev["split"] == args.split
-                # probabilities are raw unless gating skipped some images' segmentation
-                and (prev.get("postprocess") or {}).get("gate_any") is None)
+    same = meta_path.is_file() and _saved_matches(json.loads(meta_path.read_text()), args)
     if not same:
         print(f"predicting {args.split} once (saved to {eval_dir}) ...", flush=True)
         evaluate(args.runs, args.data, eval_dir, args.split, args.classifier or [], args.tta,
