@@ -65,6 +65,17 @@ def test_tuned_not_worse_than_default(bundle) -> None:
     assert len(pp["pixel_threshold"]) == 4 and pp["gate_threshold"] is not None
 
 
+def test_tune_reuses_saved_predictions(bundle, trained_run, trained_classifier, synth_small, tmp_path,
+                                       capsys) -> None:
+    capsys.readouterr()
+    args = ["tune", str(trained_run), "--classifier", str(trained_classifier), "--data", str(synth_small), "--tta"]
+    assert main(args + ["--out", str(tmp_path / "again")]) == 0
+    assert "reusing saved predictions" in capsys.readouterr().out
+    assert (tmp_path / "again" / "postprocess.json").read_text() == (bundle / "postprocess.json").read_text()
+    assert main(args[:-1] + ["--out", str(tmp_path / "no_tta")]) == 0  # TTA changed: predict again
+    assert "predicting val once" in capsys.readouterr().out
+
+
 def test_predict_submission_valid_and_rescored(bundle, test_set, tmp_path) -> None:
     out = tmp_path / "pred"
     assert main(["predict", str(bundle), str(test_set / "train_images"), "--out", str(out), "--overlays",
