@@ -180,7 +180,7 @@ def test_ddp_two_processes_on_cpu(synth_small, tmp_path) -> None:
     args = ["train", str(ROOT / "configs" / "tiny.yaml"), "--data", str(synth_small), "--name", "ddp",
             "--out-dir", str(tmp_path / "runs"), "--epochs", "1", "--accelerator", "cpu", "--devices", "2",
             "--strategy", "ddp", "--set", "data.crop=null", "--set", "data.num_workers=0",
-            "--set", "track.mlflow=false", "--set", "train.limit_train_batches=2"]
+            "--set", "track.mlflow=false", "--set", "train.limit_train_batches=2", "--set", "train.early_stopping=2"]
     out, _ = _cli(*args).communicate(timeout=300)
     assert "run folder" in out, out
     assert "world_size: 2" in out or "Initializing distributed: GLOBAL_RANK: 1" in out, out

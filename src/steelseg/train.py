@@ -182,7 +182,9 @@ class SteelsegModule(L.LightningModule):
             out.update(classification_scores(parts["probs"].cpu().numpy(), parts["labels"].cpu().numpy(), names))
         for key, value in out.items():
             if np.isfinite(value):
-                self.log(f"val/{key}", float(value), prog_bar=key in ("dice", "auc", "miou"), rank_zero_only=True)
+                # every rank gathered the whole split: the values agree, so each rank logs them
+                # (EarlyStopping on every rank needs the monitored value)
+                self.log(f"val/{key}", float(value), prog_bar=key in ("dice", "auc", "miou"))
 
     def configure_optimizers(self) -> Any:
         t = self.cfg.train
