@@ -15,11 +15,15 @@ from pathlib import Path
 
 from steelseg.errors import SteelsegError
 
-EPILOG = """examples:
+EPILOG = """the usual path (each command has --help with more):
   steelseg synth data/synth --images 200          # a Severstal-format synthetic dataset
   steelseg info data/synth                        # what is in it
+  steelseg eda data/synth --out runs/eda          # HTML report with plots
   steelseg folds data/synth --k 5 --out data/synth/folds.csv
-  steelseg convert ../shared/data/neu_seg data/neu_kaggle   # any layout -> Kaggle layout
+  steelseg train configs/tiny.yaml --data data/synth --name seg --set data.folds=data/synth/folds.csv
+  steelseg tune runs/seg --data data/synth --out bundles/seg   # thresholds, minimum areas, gates
+  steelseg predict bundles/seg data/test_images --out out --overlays   # submission.csv
+  steelseg convert ../shared/data/neu_seg data/neu_kaggle      # any layout -> Kaggle layout
 """
 
 
