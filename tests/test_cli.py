@@ -50,3 +50,18 @@ def test_clean_errors_no_traceback(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "steelseg.cli", "info", str(tmp_path / "none")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_convert_command(tmp_path, capsys) -> None:
+    import numpy as np
+
+    from steelseg.datasets import open_dataset
+
+    from .conftest import write_voc
+
+    a = np.zeros((16, 24), np.uint8)
+    a[3:6, 4:10] = 2
+    src = write_voc(tmp_path / "voc", {"a": a, "b": np.zeros((16, 24), np.uint8)})
+    assert main(["convert", str(src), str(tmp_path / "kag"), "--class-names", "x,y"]) == 0
+    back = open_dataset(tmp_path / "kag")
+    assert back.class_names == ["x", "y"] and back.table["area_2"].tolist() == [18, 0]

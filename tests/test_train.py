@@ -139,6 +139,48 @@ def test_mlflow_records_params_and_metrics(synth_small, tmp_path) -> None:
     assert len(history) == 2
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server_uri(synth_small, tmp_path) -> None:
+    """A run logged to an MLflow tracking server (started here, loopback only)."""
+    import urllib.request
+
+    import mlflow
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "track.mlflow=true", f"track.tracking_uri={uri}",
+                              "train.limit_train_batches=2"))
+        run_id = json.loads((result.run_dir / "tracking.json").read_text())["mlflow_run_id"]
+        client = mlflow.tracking.MlflowClient(uri)
+        run = client.get_run(run_id)
+        assert "val/dice" in run.data.metrics and run.data.params["model.arch"] == "unet"
+        assert any(a.path == "model" for a in client.list_artifacts(run_id))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def _cli(*args: str, **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("STEELSEG_RUN_DIR", None)
