@@ -6,10 +6,6 @@ import pytest
 from steelseg import metrics
 
 
-def masks(*pairs: tuple[int, int]) -> np.ndarray:
-    return np.zeros((len(pairs), 4, 4, 1), np.uint8)
-
-
 def test_empty_on_empty_is_one() -> None:
     z = np.zeros((1, 4, 4, 2), np.uint8)
     r = metrics.kaggle_dice(z, z)
