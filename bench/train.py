@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from steelseg.config import load_config
-from steelseg.datasets import SegmentationSamples, open_dataset
+from steelseg.datasets import open_dataset
 from steelseg.synth import SynthConfig, make_dataset
 from steelseg.train import SteelsegModule, fit, make_loaders, resolve_split
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from steelseg import metrics, rle, viz
-from steelseg.datasets import DefectDataset, load_image, open_dataset
+from steelseg.datasets import load_image, open_dataset
 
 __all__ = ["MaskStats", "run_eda"]
 
