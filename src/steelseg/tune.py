@@ -10,10 +10,11 @@ of images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from steelseg.metrics import dice_from_counts
 from steelseg.postprocess import PostProcess
 
 __all__ = ["TuneReport", "dice_grid", "tune_min_component", "tune_postprocess", "THRESHOLDS", "AREA_FRACTIONS",
@@ -36,15 +37,17 @@ def dice_grid(hist_all: np.ndarray, hist_true: np.ndarray, thresholds: np.ndarra
     above_true = np.cumsum(hist_true[:, ::-1], axis=1)[:, ::-1]
     cut = np.floor(thresholds * LEVELS).astype(int) + 1  # q > t*255  <=>  q >= floor(t*255) + 1
     cut = np.clip(cut, 0, LEVELS)
-    pred = above_all[:, cut].astype(np.float64)  # (N, T)
-    inter = above_true[:, cut].astype(np.float64)
-    true = hist_true.sum(axis=1).astype(np.float64)[:, None]
-    empty_score = (true == 0).astype(np.float64)  # what an empty prediction scores: (N, 1)
-    denom = pred + true
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(denom > 0, 2 * inter / denom, 1.0)
-    keep = pred[..., None] >= np.maximum(min_areas, 1)[None, None, :]  # (N, T, A)
-    return np.where(keep, dice[..., None], empty_score[..., None])
+    return _with_min_area(above_all[:, cut], above_true[:, cut], hist_true.sum(axis=1), min_areas)
+
+
+def _with_min_area(pred_area: np.ndarray, inter: np.ndarray, true_area: np.ndarray,
+                   min_areas: np.ndarray) -> np.ndarray:
+    """Per-image Dice (N, X, A) from (N, X) predicted areas and intersections and (N,) true areas,
+    for each minimum area: a mask below it is dropped and the pair scores as an empty prediction."""
+    dice = dice_from_counts(inter, pred_area, np.asarray(true_area)[:, None])  # (N, X)
+    empty_score = (np.asarray(true_area) == 0).astype(np.float64)[:, None, None]
+    keep = pred_area[..., None] >= np.maximum(min_areas, 1)[None, None, :]
+    return np.where(keep, dice[..., None], empty_score)
 
 
 @dataclass
@@ -122,8 +125,9 @@ def tune_min_component(probs_q: np.ndarray, true: np.ndarray, pp: PostProcess, g
     """Refine ``pp`` with the best minimum component size (and minimum area) per class.
 
     ``probs_q`` are (N, H, W, C) uint8 probabilities (round(p * 255)), ``true`` (N, H, W, C)
-    binary masks, ``gate`` (N, C) classifier probabilities when ``pp`` gates. Each image's components are labelled once at the chosen threshold; the
-    predicted area and intersection for every size cut then follow from per-component sums.
+    binary masks, ``gate`` (N, C) classifier probabilities when ``pp`` gates. Each image's
+    components are labelled once at the chosen threshold; the predicted area and intersection for
+    every size cut then follow from per-component sums.
     Returns the refined parameters and the per-class mean Dice they reach.
     """
     import cv2
@@ -131,8 +135,7 @@ def tune_min_component(probs_q: np.ndarray, true: np.ndarray, pp: PostProcess, g
     n, h, w, k = probs_q.shape
     sizes = np.unique(np.round(np.asarray(component_fractions) * h * w).astype(int))
     min_areas = np.union1d(np.unique(np.round(np.asarray(area_fractions) * h * w).astype(int)), [0])
-    out = PostProcess(list(pp.pixel_threshold), list(pp.min_area), list(pp.min_component),
-                      None if pp.gate_threshold is None else list(pp.gate_threshold), pp.gate_any)
+    out = replace(pp, min_area=list(pp.min_area), min_component=list(pp.min_component))
     scores = []
     for c in range(k):
         cut = int(np.floor(pp.pixel_threshold[c] * LEVELS))
@@ -149,15 +152,10 @@ def tune_min_component(probs_q: np.ndarray, true: np.ndarray, pp: PostProcess, g
             keep = area[None, :] >= sizes[:, None]  # (S, components)
             pred_area[i] = keep @ area
             inter[i] = keep @ hit
-        denom = pred_area + true_area[:, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dice = np.where(denom > 0, 2 * inter / denom, 1.0)  # (N, S)
-        empty_score = (true_area == 0).astype(np.float64)[:, None, None]
-        kept = pred_area[..., None] >= np.maximum(min_areas, 1)[None, None, :]  # (N, S, A)
-        grid = np.where(kept, dice[..., None], empty_score)
+        grid = _with_min_area(pred_area, inter, true_area, min_areas)  # (N, S, A)
         if pp.gate_threshold is not None and gate is not None:  # gated images score as empty
             gated = gate[:, c] < pp.gate_threshold[c]
-            grid[gated] = empty_score[gated]
+            grid[gated] = (true_area[gated] == 0)[:, None, None]
         mean = grid.mean(0)
         # Current choice (no component removal, the tuned area) unless something beats it.
         a_now = int(np.argmin(np.abs(min_areas - pp.min_area[c])))
