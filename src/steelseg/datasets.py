@@ -33,6 +33,7 @@ __all__ = [
     "SegmentationSamples",
     "convert_to_kaggle",
     "load_image",
+    "one_hot",
     "open_dataset",
     "read_image_ids",
     "write_kaggle_csv",
@@ -152,7 +153,7 @@ class DefectDataset:
                     out[..., c - 1] = rle.decode(code, (h, w))
             return out
         labels = _read_label_png(self.mask_paths[image_id], (h, w), self.num_classes)
-        return _one_hot(labels, self.num_classes)
+        return one_hot(labels, self.num_classes)
 
     def subset(self, image_ids: Sequence[str]) -> DefectDataset:
         """A dataset restricted to ``image_ids`` (order kept); unknown ids are an error."""
@@ -204,7 +205,8 @@ class DefectDataset:
         }
 
 
-def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) class indices (0 = background) -> (H, W, C) uint8 masks."""
     return (labels[..., None] == np.arange(1, num_classes + 1, dtype=labels.dtype)).astype(np.uint8)
 
 

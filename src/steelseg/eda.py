@@ -16,8 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from steelseg import metrics, rle, viz
-from steelseg.datasets import load_image, open_dataset
+from steelseg import metrics, viz
+from steelseg.datasets import load_image, one_hot, open_dataset
 
 __all__ = ["MaskStats", "run_eda"]
 
@@ -50,10 +50,6 @@ class MaskStats:
     def add_labels(self, labels: np.ndarray) -> None:
         present = np.unique(labels)
         self.add({int(v) - 1: labels == v for v in present if v > 0})
-
-
-def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
-    return (labels[..., None] == np.arange(1, k + 1)).astype(np.uint8)
 
 
 def _pct(values: np.ndarray, qs: list[float]) -> dict[str, float]:
@@ -132,20 +128,12 @@ def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = N
         img = load_image(row["path"])
         brightness[i], contrast[i] = float(img.mean()), float(img.std())
         mask = None
-        if ds.layout == "kaggle":
-            h, w = int(row["height"]), int(row["width"])
-            mask = np.zeros((h, w, k), np.uint8)
-            for c in range(k):
-                code = ds.rles.get((image_id, c + 1))
-                if code:
-                    mask[..., c] = rle.decode(code, (h, w))
-            stats.add({c: mask[..., c] for c in range(k) if pres[i, c]})
-        elif image_id not in seen:  # sampled mask-folder data: decode the sampled masks here
+        if image_id not in seen:  # Kaggle RLE, or sampled mask-folder data: decode the mask here, once
             mask = ds.load_mask(image_id)
             stats.add({c: mask[..., c] for c in range(k) if pres[i, c]})
         if i in wanted:
             if mask is None:
-                mask = _one_hot(kept[image_id], k) if image_id in kept else ds.load_mask(image_id)
+                mask = one_hot(kept[image_id], k) if image_id in kept else ds.load_mask(image_id)
             gallery[i] = viz.overlay(img, mask)
 
     # ---- numbers ------------------------------------------------------------------------------
