@@ -143,9 +143,13 @@ class Predictor:
 
         total = None
         n = 0
+        inputs: dict[str, Any] = {}  # fold models share their normalisation: prepare the batch once
         with torch.inference_mode():
             for m in models:
-                x = self._tensor(images, m.meta)
+                key = json.dumps(m.meta["input"], sort_keys=True)
+                if key not in inputs:
+                    inputs[key] = self._tensor(images, m.meta)
+                x = inputs[key]
                 seg = m.meta["model"]["task"] == "segment"
                 for axes in (TTA_FLIPS if tta and seg else [()]):
                     xi = torch.flip(x, axes) if axes else x
