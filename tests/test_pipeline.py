@@ -104,7 +104,7 @@ def test_predictor_api_gating_tta_ensemble(trained_run, trained_classifier, test
 
     ds = open_dataset(test_set)
     images = [ds.load_image(i) for i in ds.image_ids[:3]]
-    pp = PostProcess([0.5] * 4, [0] * 4, gate_any=1.01)  # the classifier calls everything defect-free
+    pp = PostProcess([0.5] * 4, [0] * 4, gate_any=1.0)  # the classifier calls everything defect-free
     p = Predictor.from_models([trained_run, trained_run], [trained_classifier], pp, tta=True)
     preds = p.predict(images)
     assert all(r.skipped and r.masks.sum() == 0 for r in preds)
@@ -126,7 +126,7 @@ def test_binary_classifier_gates_every_class(trained_run, synth_small, test_set,
     binary = fit(cfg).run_dir
     ds = open_dataset(test_set)
     images = [ds.load_image(i) for i in ds.image_ids[:2]]
-    p = Predictor.from_models([trained_run], [binary], PostProcess([0.0] * 4, [0] * 4, gate_threshold=[1.01] * 4))
+    p = Predictor.from_models([trained_run], [binary], PostProcess([0.0] * 4, [0] * 4, gate_threshold=[1.0] * 4))
     preds = p.predict(images)
     assert all(r.gate.shape == (4,) and np.allclose(r.gate, r.gate_any) for r in preds)
     assert all(r.masks.sum() == 0 for r in preds)  # every class gated off by the one probability
@@ -174,3 +174,24 @@ def test_bad_inputs(trained_run, test_set, tmp_path, capsys) -> None:
     (b / "segmenters" / "0" / "best.safetensors").unlink()
     assert main(["predict", str(b), str(test_set / "train_images"), "--out", str(tmp_path / "o5")]) == 2
     assert "best.safetensors: missing" in capsys.readouterr().err
+
+
+def test_export_onnx_and_int8_bundles_predict_like_torch(bundle, synth_small, test_set, tmp_path, capsys) -> None:
+    """steelseg export -> predict / evaluate pick the ONNX bundle up; fp32 submission equals torch's."""
+    onnx_b, int8_b = tmp_path / "onnx", tmp_path / "int8"
+    assert main(["export", str(bundle), "--out", str(onnx_b), "--data", str(synth_small)]) == 0
+    assert "parity on 4 images" in capsys.readouterr().out
+    images = test_set / "train_images"
+    assert main(["predict", str(bundle), str(images), "--out", str(tmp_path / "pt")]) == 0
+    assert main(["predict", str(onnx_b), str(images), "--out", str(tmp_path / "ox"), "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "ox" / "predict.json").read_text())["backend"] == "onnx"
+    assert read_submission(tmp_path / "ox" / "submission.csv") == read_submission(tmp_path / "pt" / "submission.csv")
+    assert main(["evaluate", "--bundle", str(onnx_b), "--data", str(test_set), "--split", "all",
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert main(["export", str(bundle), "--out", str(int8_b), "--data", str(synth_small), "--quantize", "int8",
+                 "--max-dice-drop", "1", "--val", "8", "--calib", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "int8: Kaggle Dice" in out and "images/s" in out
+    info = json.loads((int8_b / "bundle.json").read_text())["export"]
+    assert info["quantize"] == "int8" and info["dice_before"] is not None
+    assert main(["predict", str(int8_b), str(images), "--out", str(tmp_path / "i8")]) == 0

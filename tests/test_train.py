@@ -46,7 +46,7 @@ def test_each_architecture_one_epoch(arch, synth_small, tmp_path) -> None:
     rows = read_metrics(run)
     assert len(rows) == 1 and 0.0 <= float(rows[0]["val/dice"]) <= 1.0
     model, meta = load_model(run / "model")
-    assert meta["model"]["arch"] == arch and meta["class_names"] == ["pits", "streaks", "scratches", "blotches"]
+    assert meta.model.arch == arch and meta.class_names == ["pits", "streaks", "scratches", "blotches"]
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 64, 320)).shape == (1, 4, 64, 320)
 
@@ -54,7 +54,7 @@ def test_each_architecture_one_epoch(arch, synth_small, tmp_path) -> None:
 def test_per_class_segmenter(synth_small, tmp_path) -> None:
     result = fit(tiny_cfg(synth_small, tmp_path, "model.per_class=true", TINY_DEC, "train.limit_train_batches=2"))
     model, meta = load_model(result.run_dir / "model")
-    assert meta["model"]["per_class"] and len(model.members) == 4
+    assert meta.model.per_class and len(model.members) == 4
 
 
 @pytest.mark.parametrize("loss", ["bce", "focal"])
@@ -64,7 +64,7 @@ def test_classifier_multilabel(loss, synth_small, tmp_path) -> None:
     rows = read_metrics(result.run_dir)
     assert "val/f1" in rows[0] and "val/f1_scratches" in rows[0]
     model, meta = load_model(result.run_dir / "model")
-    assert meta["model"]["task"] == "classify"
+    assert meta.model.task == "classify"
     with torch.no_grad():
         assert model(torch.zeros(2, 1, 64, 320)).shape == (2, 4)
 
@@ -75,7 +75,7 @@ def test_rgb_input_end_to_end(synth_small, tmp_path) -> None:
     result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "data.channels=3", "data.mean=[0.485, 0.456, 0.406]",
                           "data.std=[0.229, 0.224, 0.225]", "train.limit_train_batches=2"))
     _, meta = load_model(result.run_dir / "model")
-    assert meta["input"]["channels"] == 3 and meta["model"]["in_channels"] == 3
+    assert meta.input.channels == 3 and meta.model.in_channels == 3
     pred = Predictor.from_models([result.run_dir]).predict([np.zeros((64, 320), np.uint8)])[0]
     assert pred.probs.shape == (64, 320, 4)
 
@@ -85,7 +85,7 @@ def test_binary_defect_classifier(synth_small, tmp_path) -> None:
                           "train.loss=bce", "model.binary=true"))
     assert "val/auc_defect" in read_metrics(result.run_dir)[0] or "val/f1_defect" in read_metrics(result.run_dir)[0]
     model, meta = load_model(result.run_dir / "model")
-    assert meta["model"]["outputs"] == 1 and meta["model"]["binary"]
+    assert meta.model.outputs == 1 and meta.model.binary
     with torch.no_grad():
         assert model(torch.zeros(2, 1, 64, 320)).shape == (2, 1)
 
@@ -116,7 +116,7 @@ def test_rebuilt_model_matches_trained(synth_small, tmp_path) -> None:
     run = result.run_dir
     # The resume checkpoint holds the trained weights: compare against the safetensors rebuild.
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    module = SteelsegModule(cfg, read_model_json(run / "model")["class_names"])
+    module = SteelsegModule(cfg, read_model_json(run / "model").class_names)
     module.load_state_dict(state)
     module.eval()
     rebuilt, _ = load_model(run / "model", which="last")
@@ -215,7 +215,12 @@ def test_kill_and_resume(synth_small, tmp_path) -> None:
     assert state["global_step"] == int(read_metrics(run)[-1]["step"])  # resumed, not restarted
     assert state["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 6
     model, meta = load_model(run / "model", which="last")
-    assert meta["epochs_trained"] == 6
+    assert meta.epochs_trained == 6
+    # the best epoch's record survives kill -9 + resume (it travels in the resume checkpoint)
+    rows = read_metrics(run)
+    best = max(rows, key=lambda r: float(r["val/dice"]))
+    assert meta.best is not None and meta.best["epoch"] == int(best["epoch"])
+    assert abs(meta.best["value"] - float(best["val/dice"])) < 1e-5 and "val/dice" in meta.best["metrics"]
 
 
 def test_ddp_two_processes_on_cpu(synth_small, tmp_path) -> None:

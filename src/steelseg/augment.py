@@ -1,4 +1,4 @@
-"""Albumentations pipelines: training augmentation, validation (none), flip TTA."""
+"""Albumentations pipelines for training (validation runs unaugmented; flip TTA lives in pipeline)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ from typing import Any
 
 from steelseg.config import DataConfig
 
-__all__ = ["train_transform", "TTA_FLIPS"]
-
-# Flip test-time augmentation: axes of (B, C, H, W) tensors to flip; () is the identity.
-TTA_FLIPS: list[tuple[int, ...]] = [(), (-1,), (-2,)]
+__all__ = ["train_transform"]
 
 
 def train_transform(cfg: DataConfig) -> Any:

@@ -47,6 +47,12 @@ def _add_pipeline_args(p: argparse.ArgumentParser, nargs: str) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, auto")
 
 
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default=None, choices=["torch", "onnx"],
+                   help="force a backend (default: what the bundle's model files are)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all cores)")
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -91,7 +97,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from steelseg.datasets import convert_to_kaggle, open_dataset
 
     ds = open_dataset(args.data, _class_names(args.class_names), progress=sys.stderr.isatty())
-    out = convert_to_kaggle(ds, args.out, progress=sys.stderr.isatty())
+    out = convert_to_kaggle(ds, args.out, progress=sys.stderr.isatty(), overwrite=args.overwrite)
     print(f"wrote {len(ds.table)} images as a Kaggle layout to {out}")
     return 0
 
@@ -155,7 +161,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     predictor = None
     if args.bundle:
-        predictor = Predictor.from_bundle(args.bundle, device=_device(args.device), tta=args.tta or None)
+        predictor = Predictor.from_bundle(args.bundle, device=_device(args.device), tta=args.tta or None,
+                                          backend=args.backend, threads=args.threads)
     elif not args.runs:
         raise SteelsegError("give run folders (RUN...) or --bundle")
     out = args.out or (Path(args.runs[0] if args.runs else args.bundle) / f"eval-{args.split}")
@@ -203,7 +210,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           "dice_before": report.mean_before, "dice_after": report.mean_after,
                           "per_class_before": report.before, "per_class_after": report.after}}
     out = write_bundle(args.out, args.runs, args.classifier or [], report.chosen, names, args.tta,
-                       extra=extra)
+                       extra=extra, overwrite=args.overwrite)
     print(f"\nbundle written to {out} (predict with: steelseg predict {out} IMAGES --out DIR)")
     return 0
 
@@ -215,11 +222,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         names = _class_names(args.class_names)
         if not names:
             raise SteelsegError("--empty needs --class-names (e.g. class1,class2,class3,class4)")
-        out = write_bundle(args.out, [], [], None, names, kind="all-empty")
+        out = write_bundle(args.out, [], [], None, names, kind="all-empty", overwrite=args.overwrite)
     else:
         if not args.runs:
             raise SteelsegError("give run folders, or --empty for the all-empty baseline")
-        out = write_bundle(args.out, args.runs, args.classifier or [], None, None, args.tta, kind="plain")
+        out = write_bundle(args.out, args.runs, args.classifier or [], None, None, args.tta, kind="plain",
+                           overwrite=args.overwrite)
     print(f"bundle written to {out}")
     return 0
 
@@ -229,12 +237,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     tta = True if args.tta else (False if args.no_tta else None)
     res = predict_folder(args.bundle, args.images, args.out, args.overlays, args.labels, tta,
-                         _device(args.device), progress=sys.stderr.isatty())
+                         _device(args.device), progress=sys.stderr.isatty(), backend=args.backend,
+                         threads=args.threads, recursive=args.recursive)
     if res["skipped_files"]:
-        print(f"skipped {len(res['skipped_files'])} non-image file(s): {', '.join(res['skipped_files'][:5])}")
+        print(f"skipped {len(res['skipped_files'])} file(s) or folder(s) that are not images "
+              f"(all listed in predict.json): {', '.join(res['skipped_files'][:20])}"
+              + (" ..." if len(res["skipped_files"]) > 20 else ""))
     print(f"wrote {res['submission']} ({res['images']} images x {len(res['class_names'])} classes)")
     if "dice" in res:
         print(f"kaggle dice against --labels: {res['dice']:.4f}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from steelseg.export import export_bundle, load_export_data
+
+    if args.samples < 1 or args.calib < 1 or args.val < 1:
+        raise SteelsegError("--samples, --calib and --val must be >= 1")
+    data = load_export_data(args.bundle, args.data, args.calib, args.val)
+    samples = data["val"][:args.samples]
+    quant = bool(args.quantize)
+    rep = export_bundle(args.bundle, args.out, samples, args.quantize, data["calib"] if quant else (),
+                        data["val"] if quant else (), data["val_masks"] if quant else (), args.max_dice_drop,
+                        args.opset, args.overwrite, args.threads)
+    for m in rep.models:
+        print(f"{m['model']}: model.onnx (opset {m['opset']}, dynamic size: {'yes' if m['dynamic_hw'] else 'no'})")
+    same = "masks identical" if rep.masks_identical else \
+        f"masks identical but for {rep.threshold_pixels} pixel(s) whose probability is within 1e-3 of the threshold"
+    print(f"parity on {len(samples)} images: max |p_onnx - p_torch| = {rep.parity_max_abs:.2e}, {same}")
+    if rep.quantize:
+        print(f"int8: Kaggle Dice {rep.dice_before:.4f} -> {rep.dice_after:.4f} on {len(data['val'])} validation "
+              f"images; {rep.speed_fp32:.2f} -> {rep.speed_int8:.2f} images/s "
+              f"({rep.speed_int8 / rep.speed_fp32:.2f}x)")
+    print(f"wrote {rep.out} in {rep.seconds:.1f}s (predict with: steelseg predict {rep.out} IMAGES --out DIR)")
     return 0
 
 
@@ -248,6 +283,12 @@ def cmd_eda(args: argparse.Namespace) -> int:
     print(f"report: {Path(out) / 'index.html'}\nnumbers: {Path(out) / 'summary.json'}")
     return 0
 
+
+EXPORT_EPILOG = """examples:
+  steelseg export bundles/seg --out bundles/seg-onnx                      # fp32, parity-checked
+  steelseg export bundles/seg --out bundles/seg-int8 --quantize int8     # + Dice before/after
+  steelseg predict bundles/seg-int8 data/test_images --out out --threads 2
+"""
 
 TRAIN_EPILOG = """examples:
   steelseg train configs/tiny.yaml --data runs/demo/data
@@ -296,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Copy images to OUT/train_images and write OUT/train.csv "
                                    "(ImageId,ClassId,EncodedPixels), classes.txt and splits/.")
     _add_data_args(p)
-    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("out", type=Path, help="output folder (built beside, swapped in when complete)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("folds", help="write stratified multi-label K-fold assignments",
@@ -342,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "save metrics.json, per_image.csv and predictions.npz for tuning.")
     _add_pipeline_args(p, "*")
     p.add_argument("--bundle", default=None, help="evaluate a bundle (with its post-processing) instead")
+    _add_backend_args(p)
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/eval-SPLIT)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -352,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_args(p, "+")
     p.add_argument("--eval-dir", default=None, help="saved predictions (default RUN/eval-SPLIT)")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (swapped in when complete)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bundle", help="pack models without tuning (plain baseline) or the all-empty baseline",
@@ -363,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-names", default=None, help="class names for --empty")
     p.add_argument("--tta", action="store_true", help="use flip TTA when predicting")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (swapped in when complete)")
     p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("predict", help="predict a folder of images to submission.csv (+ overlays)",
@@ -376,7 +421,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="force flip TTA on")
     p.add_argument("--no-tta", action="store_true", help="force flip TTA off")
     p.add_argument("--device", default="auto", help="cpu, cuda, auto")
+    p.add_argument("--recursive", action="store_true",
+                   help="read subfolders too (ImageId is then the path under IMAGES, e.g. line2/a.jpg)")
+    _add_backend_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a bundle as ONNX (optionally int8) for fast CPU inference",
+                       description="Export every model of BUNDLE to ONNX (probabilities out, dynamic batch "
+                                   "and image size where the architecture allows) into a new bundle. Parity "
+                                   "with PyTorch is checked on sample images first: any difference in "
+                                   "probabilities beyond 1e-3 or in the final masks fails and writes nothing. "
+                                   "--quantize int8 calibrates on the training images, scores Kaggle Dice "
+                                   "on validation images before and after, and refuses a larger drop than "
+                                   "--max-dice-drop.", epilog=EXPORT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle folder with PyTorch models (steelseg tune / steelseg bundle)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
+    p.add_argument("--quantize", default=None, choices=["int8"], help="static int8 quantisation (QDQ, per-channel)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--data", default=None, help="labelled dataset for samples, calibration and validation "
+                   "(default: the data the models were trained on)")
+    p.add_argument("--samples", type=int, default=4, help="images for the parity check (default 4)")
+    p.add_argument("--calib", type=int, default=32, help="calibration images for int8 (default 32)")
+    p.add_argument("--val", type=int, default=64, help="validation images scored before/after int8 (default 64)")
+    p.add_argument("--max-dice-drop", type=float, default=0.005, help="largest Dice drop int8 may cost (default 0.005)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output bundle")
+    p.set_defaults(func=cmd_export)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

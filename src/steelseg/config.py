@@ -7,9 +7,7 @@ The resolved config is saved as ``config.yaml`` in every run folder.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import yaml
 
 from steelseg.errors import ConfigError
+from steelseg.schema import build, check_model_kwargs
 
 __all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrackConfig", "TrainConfig", "load_config"]
 
@@ -101,7 +100,9 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from steelseg.fsutil import atomic_text
+
+        atomic_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def flat(self) -> dict[str, Any]:
         """``section.key`` -> value, for experiment trackers."""
@@ -123,63 +124,8 @@ CHOICES = {
 }
 
 
-def _check_type(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check_type(value, a, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in (values or {}).items():
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key '{where}{key}'{hint}; valid keys: {', '.join(names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}{key}: expected a section (mapping), got {value!r}")
-            kwargs[key] = _build(tp, value, f"{where}{key}.")
-        else:
-            kwargs[key] = _check_type(value, tp, f"{where}{key}")
-    return cls(**kwargs)
+    return build(cls, values, where, ConfigError)
 
 
 def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
@@ -204,6 +150,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"data.mean / data.std need {cfg.data.channels} value(s), one per channel")
     if cfg.data.crop is not None and len(cfg.data.crop) != 2:
         raise ConfigError(f"data.crop: expected [height, width], got {cfg.data.crop}")
+    _check_ranges(cfg)
     if cfg.model.binary and cfg.model.task != "classify":
         raise ConfigError("model.binary is for classifiers (model.task: classify)")
     if cfg.model.task == "classify" and cfg.train.loss not in ("bce", "focal"):
@@ -212,6 +159,55 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     check_model_names(cfg.model.task, cfg.model.arch, cfg.model.encoder)
     return cfg
+
+
+MAX_SIDE = 16384  # a crop or image side beyond this would allocate gigabytes per batch
+
+
+def _need(ok: bool, where: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {value!r}; {what}")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    """Values that type-check but cannot work: caught before any run folder or model exists."""
+    d, t = cfg.data, cfg.train
+    _need(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
+    _need(d.val_batch_size is None or d.val_batch_size >= 1, "data.val_batch_size", d.val_batch_size,
+          "must be >= 1 (or null for batch_size)")
+    _need(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0 (0 = load in the main process)")
+    _need(d.fold >= 0, "data.fold", d.fold, "must be >= 0")
+    _need(all(_finite(v) for v in d.mean), "data.mean", d.mean, "must be finite numbers")
+    _need(all(_finite(v) and v > 0 for v in d.std), "data.std", d.std, "every value must be > 0")
+    if d.crop is not None:
+        _need(all(16 <= v <= MAX_SIDE for v in d.crop), "data.crop", d.crop,
+              f"each side must be in 16..{MAX_SIDE} pixels")
+    _need(_finite(d.shift) and 0 <= d.shift < 0.5, "data.shift", d.shift, "must be in 0..0.5")
+    _need(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    _need(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "must be a finite number > 0")
+    _need(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    _need(_finite(t.warmup_epochs) and t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "must be >= 0")
+    _need(t.accumulate >= 1, "train.accumulate", t.accumulate, "must be >= 1")
+    _need(t.early_stopping >= 0, "train.early_stopping", t.early_stopping, "must be >= 0 (0 = off)")
+    _need(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, "must be >= 0 (0 = per epoch only)")
+    _need(t.max_minutes is None or (_finite(t.max_minutes) and t.max_minutes > 0), "train.max_minutes",
+          t.max_minutes, "must be > 0 (or null for no limit)")
+    _need(t.num_nodes >= 1, "train.num_nodes", t.num_nodes, "must be >= 1")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        v = getattr(t, key)
+        _need(_finite(v) and v > 0 and (isinstance(v, int) or v <= 1.0), f"train.{key}", v,
+              "must be a batch count >= 1 or a share in (0, 1]")
+    if t.pos_weight is not None:
+        _need(all(_finite(v) and v > 0 for v in t.pos_weight), "train.pos_weight", t.pos_weight,
+              "every value must be > 0")
+    try:
+        check_model_kwargs(cfg.model.task, cfg.model.kwargs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -15,7 +15,6 @@ or default to ``class1..classC`` with C read from the data. Image sizes come fro
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,56 +26,22 @@ import pandas as pd
 
 from steelseg import rle
 from steelseg.errors import DataError, RLEError
+from steelseg.fsutil import atomic_text, atomic_write, staged_dir
+from steelseg.images import InputSpec, image_size, list_images, normalize, read_image
 
 __all__ = [
     "DefectDataset",
     "SegmentationSamples",
     "convert_to_kaggle",
-    "load_image",
     "one_hot",
     "open_dataset",
     "read_image_ids",
     "write_kaggle_csv",
 ]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-
-
-def load_image(path: str | Path, channels: int = 1) -> np.ndarray:
-    """Read an image as uint8, (H, W) for 1 channel or (H, W, 3); clear errors when it is bad."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            return np.asarray(im)
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
-    except OSError as exc:  # PIL raises OSError for truncated files
-        raise DataError(f"{path}: unreadable or truncated image ({exc})") from None
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the image header without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
-    except OSError as exc:
-        raise DataError(f"{path}: unreadable image ({exc})") from None
-    return h, w
-
-
 def _list_images(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise DataError(f"{folder}: image folder not found")
-    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+    images, _ = list_images(folder)
+    return {p.name: p for p in images}
 
 
 def _read_class_names(root: Path) -> list[str] | None:
@@ -139,7 +104,8 @@ class DefectDataset:
         return self._idx
 
     def load_image(self, image_id: str, channels: int = 1) -> np.ndarray:
-        return load_image(self.row(image_id)["path"], channels)
+        """uint8 (H, W) or (H, W, 3), read through :func:`steelseg.images.read_image`."""
+        return read_image(self.row(image_id)["path"], channels)
 
     def load_mask(self, image_id: str) -> np.ndarray:
         """(H, W, C) uint8 mask of 0/1 for one image."""
@@ -260,40 +226,47 @@ def _build_table(
 def _read_kaggle_csv(csv_path: Path) -> list[tuple[int, str, int, str]]:
     """Rows of (line number, image id, class id, rle) from any of the three Kaggle CSV forms."""
     try:
-        fh = open(csv_path, newline="")
+        fh = open(csv_path, newline="", encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a BOM
     except OSError as exc:
         raise DataError(f"{csv_path}: cannot open ({exc})") from None
+    try:
+        with fh:
+            return _parse_kaggle_rows(csv_path, csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as "
+                        "'CSV UTF-8' (Latin-1 and UTF-16 files are not read)") from None
+
+
+def _parse_kaggle_rows(csv_path: Path, reader: Any) -> list[tuple[int, str, int, str]]:
     out = []
-    with fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{csv_path}: empty file; expected a header ImageId,ClassId,EncodedPixels")
-        cols = [h.strip() for h in header]
-        if "ImageId_ClassId" in cols and "EncodedPixels" in cols:
-            i_id, i_rle, i_cls = cols.index("ImageId_ClassId"), cols.index("EncodedPixels"), None
-        elif {"ImageId", "ClassId", "EncodedPixels"} <= set(cols):
-            i_id, i_cls, i_rle = cols.index("ImageId"), cols.index("ClassId"), cols.index("EncodedPixels")
+    header = next(reader, None)
+    if header is None:
+        raise DataError(f"{csv_path}: empty file; expected a header ImageId,ClassId,EncodedPixels")
+    cols = [h.strip() for h in header]
+    if "ImageId_ClassId" in cols and "EncodedPixels" in cols:
+        i_id, i_rle, i_cls = cols.index("ImageId_ClassId"), cols.index("EncodedPixels"), None
+    elif {"ImageId", "ClassId", "EncodedPixels"} <= set(cols):
+        i_id, i_cls, i_rle = cols.index("ImageId"), cols.index("ClassId"), cols.index("EncodedPixels")
+    else:
+        raise DataError(
+            f"{csv_path}:1: header {','.join(cols)!r} not understood; expected "
+            "'ImageId,ClassId,EncodedPixels' or 'ImageId_ClassId,EncodedPixels'"
+        )
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not x.strip() for x in row):
+            continue
+        if len(row) != len(cols):
+            raise DataError(f"{csv_path}:{line}: {len(row)} fields, header has {len(cols)}")
+        if i_cls is None:
+            image_id, _, cls = row[i_id].rpartition("_")
         else:
-            raise DataError(
-                f"{csv_path}:1: header {','.join(cols)!r} not understood; expected "
-                "'ImageId,ClassId,EncodedPixels' or 'ImageId_ClassId,EncodedPixels'"
-            )
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not x.strip() for x in row):
-                continue
-            if len(row) != len(cols):
-                raise DataError(f"{csv_path}:{line}: {len(row)} fields, header has {len(cols)}")
-            if i_cls is None:
-                image_id, _, cls = row[i_id].rpartition("_")
-            else:
-                image_id, cls = row[i_id], row[i_cls]
-            try:
-                class_id = int(cls)
-            except ValueError:
-                raise DataError(f"{csv_path}:{line}: class id {cls!r} is not an integer") from None
-            out.append((line, image_id.strip(), class_id, row[i_rle].strip()))
+            image_id, cls = row[i_id], row[i_cls]
+        try:
+            class_id = int(cls)
+        except ValueError:
+            raise DataError(f"{csv_path}:{line}: class id {cls!r} is not an integer") from None
+        out.append((line, image_id.strip(), class_id, row[i_rle].strip()))
     return out
 
 
@@ -326,7 +299,7 @@ def _open_kaggle(root: Path, csv_path: Path, class_names: list[str] | None, imag
             rles[key] = code
     table_rows, sizes = [], {}
     for image_id, path in _progress(images.items(), len(images), "reading headers", progress):
-        h, w = _image_size(path)
+        h, w = image_size(path)
         sizes[image_id] = (h, w)
         table_rows.append({"image_id": image_id, "path": str(path), "height": h, "width": w})
     index = {r["image_id"]: i for i, r in enumerate(table_rows)}
@@ -348,10 +321,21 @@ def _open_kaggle(root: Path, csv_path: Path, class_names: list[str] | None, imag
                          splits, rles=rles)
 
 
+def _by_stem(paths: Any, folder: Path) -> dict[str, Path]:
+    """Images by file stem; two files with one stem (a.jpg + a.png) are refused with their names."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in out:
+            raise DataError(f"{folder}: {out[p.stem].name} and {p.name} share the name {p.stem!r}; "
+                            "masks are matched by name, so keep one of them")
+        out[p.stem] = p
+    return out
+
+
 def _open_masks(root: Path, class_names: list[str] | None, progress: bool,
                 mask_visitor: Callable[[str, np.ndarray], None] | None = None) -> DefectDataset:
     img_dir, mask_dir = root / "JPEGImages", root / "SegmentationClass"
-    images = {p.stem: p for p in _list_images(img_dir).values()}
+    images = _by_stem(_list_images(img_dir).values(), img_dir)
     if not mask_dir.is_dir():
         raise DataError(f"{mask_dir}: mask folder not found")
     masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"}
@@ -370,13 +354,14 @@ def _open_masks(root: Path, class_names: list[str] | None, progress: bool,
     num_classes = len(class_names) if class_names else None
     table_rows, hists = [], []
     for stem, path in _progress(images.items(), len(images), "reading masks", progress):
-        h, w = _image_size(path)
+        h, w = image_size(path)
         labels = _read_label_png(masks[stem], (h, w), num_classes)
         if mask_visitor is not None:
             mask_visitor(stem, labels)
-        hists.append(np.bincount(labels.ravel(), minlength=256)[:256] if labels.size else np.zeros(256, np.int64))
+        hists.append(np.bincount(labels.ravel().astype(np.int64), minlength=256))
         table_rows.append({"image_id": stem, "path": str(path), "height": h, "width": w})
-    hist = np.stack(hists) if hists else np.zeros((0, 256), np.int64)
+    width = max((len(h) for h in hists), default=256)  # 16-bit masks may hold class ids above 255
+    hist = np.stack([np.pad(h, (0, width - len(h))) for h in hists]) if hists else np.zeros((0, 256), np.int64)
     if class_names is None:
         seen = np.flatnonzero(hist.sum(0))
         n = int(seen.max()) if seen.size else 1
@@ -424,37 +409,48 @@ def open_dataset(path: str | Path, class_names: Sequence[str] | None = None,
 
 def write_kaggle_csv(path: str | Path, rows: list[tuple[str, int, str]]) -> None:
     """Write (image id, class id, rle) rows as a 3-column Kaggle ``train.csv``, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["ImageId", "ClassId", "EncodedPixels"])
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
-def convert_to_kaggle(src: DefectDataset, dst: str | Path, progress: bool = False) -> Path:
-    """Write any dataset as a Kaggle layout: train_images/, train.csv, classes.txt, splits/."""
+def convert_to_kaggle(src: DefectDataset, dst: str | Path, progress: bool = False,
+                      overwrite: bool = False) -> Path:
+    """Write any dataset as a Kaggle layout: train_images/, train.csv, classes.txt, splits/.
+
+    The new folder is built beside ``dst`` and swapped in when complete; an existing ``dst`` is
+    refused unless ``overwrite``, and never when it is the source itself.
+    """
     dst = Path(dst)
-    img_dir = dst / "train_images"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, int, str]] = []
-    renamed: dict[str, str] = {}
-    for image_id, path in _progress(zip(src.table["image_id"], src.table["path"]), len(src.table),
-                                    "converting", progress):
+    if dst.resolve() == Path(src.root).resolve() or Path(src.root).resolve() in dst.resolve().parents:
+        raise DataError(f"{dst}: is the source dataset (or inside it); write the conversion elsewhere")
+    names: dict[str, str] = {}
+    for image_id, path in zip(src.table["image_id"], src.table["path"]):
         name = Path(path).name
-        renamed[image_id] = name
-        shutil.copyfile(path, img_dir / name)
-        mask = src.load_mask(image_id)
-        for c in range(src.num_classes):
-            if mask[..., c].any():
-                rows.append((name, c + 1, rle.encode(mask[..., c])))
-    write_kaggle_csv(dst / "train.csv", rows)
-    (dst / "classes.txt").write_text("\n".join(src.class_names) + "\n")
-    if src.splits:
-        (dst / "splits").mkdir(exist_ok=True)
-        for name, ids in src.splits.items():
-            (dst / "splits" / f"{name}.txt").write_text("".join(renamed[i] + "\n" for i in ids))
+        if name in names:
+            raise DataError(f"{path}: two images would be written as {name!r} ({names[name]} and {image_id})")
+        names[name] = image_id
+    with staged_dir(dst, overwrite, "dataset") as stage:
+        img_dir = stage / "train_images"
+        img_dir.mkdir()
+        rows: list[tuple[str, int, str]] = []
+        renamed: dict[str, str] = {}
+        for image_id, path in _progress(zip(src.table["image_id"], src.table["path"]), len(src.table),
+                                        "converting", progress):
+            name = Path(path).name
+            renamed[image_id] = name
+            shutil.copyfile(path, img_dir / name)
+            mask = src.load_mask(image_id)
+            for c in range(src.num_classes):
+                if mask[..., c].any():
+                    rows.append((name, c + 1, rle.encode(mask[..., c])))
+        write_kaggle_csv(stage / "train.csv", rows)
+        atomic_text(stage / "classes.txt", "\n".join(src.class_names) + "\n")
+        if src.splits:
+            (stage / "splits").mkdir()
+            for name, ids in src.splits.items():
+                atomic_text(stage / "splits" / f"{name}.txt", "".join(renamed[i] + "\n" for i in ids))
     return dst
 
 
@@ -462,7 +458,7 @@ class SegmentationSamples:
     """Map-style dataset for a torch DataLoader: dicts of image, mask and labels as arrays.
 
     ``transform`` is an albumentations-style callable ``(image=..., mask=...) -> dict``. Images
-    come out as float32 (C, H, W) normalised with ``mean``/``std`` (in 0..1 units), masks as
+    come out as float32 (C, H, W) through :func:`steelseg.images.normalize`, masks as
     float32 (K, H, W) and ``labels`` as float32 (K,) class presence.
     """
 
@@ -472,9 +468,7 @@ class SegmentationSamples:
         self.dataset = dataset
         self.ids = dataset.image_ids
         self.transform = transform
-        self.channels = channels
-        self.mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
-        self.std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+        self.spec = InputSpec(channels, tuple(mean), tuple(std))
         self.with_masks = with_masks
 
     def __len__(self) -> int:
@@ -482,14 +476,12 @@ class SegmentationSamples:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image_id = self.ids[i]
-        image = self.dataset.load_image(image_id, self.channels)
+        image = self.dataset.load_image(image_id, self.spec.channels)
         mask = self.dataset.load_mask(image_id) if self.with_masks else None
         if self.transform is not None:
             out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
             image, mask = out["image"], out.get("mask", mask)
-        x = image.astype(np.float32) / 255.0
-        x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-        x = (x - self.mean) / self.std
+        x = normalize(image, self.spec)  # the same function Predictor and export use
         item: dict[str, Any] = {"image": np.ascontiguousarray(x, np.float32), "image_id": image_id}
         if mask is not None:
             m = np.ascontiguousarray(mask.transpose(2, 0, 1), np.float32)

@@ -17,7 +17,9 @@ import cv2
 import numpy as np
 
 from steelseg import metrics, viz
-from steelseg.datasets import load_image, one_hot, open_dataset
+from steelseg.datasets import one_hot, open_dataset
+from steelseg.errors import DataError
+from steelseg.images import read_image
 
 __all__ = ["MaskStats", "run_eda"]
 
@@ -70,6 +72,8 @@ def _fig(path: Path, fig: Any) -> str:
 def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = None, sample: int | None = None,
             seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Build the report; returns the summary dict also written to ``summary.json``."""
+    if sample is not None and sample < 1:
+        raise DataError(f"--sample {sample}: must be >= 1 (or left out for every image)")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,7 +129,7 @@ def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = N
     for i in it:
         row = ds.table.iloc[i]
         image_id = row["image_id"]
-        img = load_image(row["path"])
+        img = read_image(row["path"])
         brightness[i], contrast[i] = float(img.mean()), float(img.std())
         mask = None
         if image_id not in seen:  # Kaggle RLE, or sampled mask-folder data: decode the mask here, once

@@ -20,3 +20,7 @@ class DataError(SteelsegError):
 
 class ConfigError(SteelsegError):
     """A run configuration names an unknown key, value or type."""
+
+
+class TrainingError(SteelsegError):
+    """Training cannot go on sensibly (a non-finite loss, say); the message says what to change."""

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from steelseg.errors import ConfigError
+from steelseg.schema import ModelSpec, check_model_kwargs
 
 __all__ = ["ARCHS", "Segmenter", "check_model_names", "create_classifier", "create_model", "create_segmenter"]
 
@@ -106,7 +107,7 @@ def create_segmenter(arch: str, encoder: str, classes: int, in_channels: int = 1
                      **kwargs: Any) -> Segmenter:
     """A segmenter with ``classes`` sigmoid outputs; ``per_class`` builds one binary model per class."""
     check_model_names("segment", arch, encoder)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs = _checked_kwargs("segment", kwargs)
     if per_class:
         members = [_smp_model(arch, encoder, 1, in_channels, encoder_weights, **kwargs) for _ in range(classes)]
     else:
@@ -121,15 +122,22 @@ def create_classifier(encoder: str, classes: int, in_channels: int = 1,
 
     name = encoder[3:] if encoder.startswith("tu-") else encoder
     check_model_names("classify", "", name)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs = _checked_kwargs("classify", kwargs)
     return timm.create_model(name, pretrained=encoder_weights == "imagenet", num_classes=classes,
                              in_chans=in_channels, **kwargs)
 
 
-def create_model(spec: dict[str, Any]) -> nn.Module:
+def create_model(spec: ModelSpec) -> nn.Module:
     """Build a model from the ``model`` section of a ``model.json`` (weights not loaded)."""
-    if spec["task"] == "segment":
-        return create_segmenter(spec["arch"], spec["encoder"], spec["outputs"], spec["in_channels"],
-                                None, spec.get("per_class", False), **spec.get("kwargs", {}))
-    return create_classifier(spec["encoder"], spec["outputs"], spec["in_channels"], None,
-                             **spec.get("kwargs", {}))
+    if spec.task == "segment":
+        return create_segmenter(spec.arch, spec.encoder, spec.outputs, spec.in_channels,
+                                None, spec.per_class, **spec.kwargs)
+    return create_classifier(spec.encoder, spec.outputs, spec.in_channels, None, **spec.kwargs)
+
+
+def _checked_kwargs(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        check_model_kwargs(task, kwargs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return {k: v for k, v in kwargs.items() if v is not None}

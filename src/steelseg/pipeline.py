@@ -10,7 +10,7 @@ post-processing, packed as a **bundle** folder that ``Predictor.from_bundle`` lo
 
 from __future__ import annotations
 
-import json
+import contextlib
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +20,14 @@ from typing import Any
 import numpy as np
 
 from steelseg import postprocess
+from steelseg.backends import Runner, load_runner, model_format
+from steelseg.checkpoint import read_model_json
 from steelseg.errors import DataError
+from steelseg.fsutil import atomic_json, check_writable_dir, staged_dir
+from steelseg.images import IMAGE_EXTS, InputSpec, image_size, list_images, read_image, to_input
+from steelseg.schema import BundleInfo, build, load_json, to_dict
 
-__all__ = ["Predictor", "Prediction", "write_bundle", "resolve_model_dir"]
+__all__ = ["Predictor", "Prediction", "predict_folder", "read_bundle", "resolve_model_dir", "write_bundle"]
 
 BUNDLE_JSON = "bundle.json"
 
@@ -38,13 +43,6 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 @dataclass
-class _Model:
-    net: Any
-    meta: dict[str, Any]
-    which: str = "best"
-
-
-@dataclass
 class Prediction:
     """Per image: probabilities (H, W, C), masks after post-processing, gate probabilities."""
 
@@ -55,110 +53,105 @@ class Prediction:
     skipped: bool = False  # the gating classifier called the image defect-free
 
 
+TTA_FLIPS: list[tuple[int, ...]] = [(), (-1,), (-2,)]  # axes of (N, C, H, W) to flip; () = identity
+
+
 @dataclass
 class Predictor:
-    """Runs segmenters (averaged) and classifiers (averaged) and post-processes their output."""
+    """Runs segmenters (averaged) and classifiers (averaged) and post-processes their output.
 
-    segmenters: list[_Model]
-    classifiers: list[_Model] = field(default_factory=list)
+    Models are runners (:mod:`steelseg.backends`): PyTorch or ONNX Runtime, picked from the files.
+    """
+
+    segmenters: list[Runner]
+    classifiers: list[Runner] = field(default_factory=list)
     pp: postprocess.PostProcess | None = None
     class_names: list[str] = field(default_factory=list)
     tta: bool = False
     device: str = "cpu"
     batch_size: int = 4
     empty: bool = False  # the all-empty baseline: predicts no defect anywhere
+    backend: str = "torch"
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_models(cls, segmenters: Sequence[str | Path], classifiers: Sequence[str | Path] = (),
                     pp: postprocess.PostProcess | None = None, tta: bool = False, device: str = "cpu",
-                    which: str = "best") -> Predictor:
-        from steelseg.checkpoint import load_model
-
-        segs = [_Model(*load_model(resolve_model_dir(p), which, device), which) for p in segmenters]
-        clss = [_Model(*load_model(resolve_model_dir(p), which, device), which) for p in classifiers]
-        if not segs:
+                    which: str = "best", backend: str | None = None, threads: int | None = None) -> Predictor:
+        seg_dirs = [resolve_model_dir(p) for p in segmenters]
+        cls_dirs = [resolve_model_dir(p) for p in classifiers]
+        if not seg_dirs:
             raise DataError("no segmenter given")
-        names = segs[0].meta["class_names"]
+        backend = backend or _bundle_backend(seg_dirs + cls_dirs)
+        segs = [load_runner(d, backend, device, which, threads) for d in seg_dirs]
+        clss = [load_runner(d, backend, device, which, threads) for d in cls_dirs]
+        names = segs[0].meta.class_names
         for m in segs + clss:
-            if m.meta["class_names"] != names and not (m.meta["model"]["task"] == "classify"
-                                                       and m.meta["model"]["outputs"] == 1):
-                raise DataError(f"models disagree on classes: {names} vs {m.meta['class_names']}")
+            binary = m.meta.task == "classify" and m.meta.model.outputs == 1
+            if m.meta.class_names != names and not binary:
+                raise DataError(f"{m.source}: classes {m.meta.class_names} differ from {names} "
+                                f"of {segs[0].source}")
         for m in segs:
-            if m.meta["model"]["task"] != "segment":
-                raise DataError(f"{m.meta['model']} is not a segmenter")
-        return cls(segs, clss, pp or postprocess.PostProcess.default(len(names)), list(names), tta, device)
+            if m.meta.task != "segment":
+                raise DataError(f"{m.source}: a {m.meta.task} model where a segmenter is needed")
+        for m in clss:
+            if m.meta.task != "classify":
+                raise DataError(f"{m.source}: a {m.meta.task} model where a classifier is needed")
+        pp = pp or postprocess.PostProcess.default(len(names))
+        if pp.num_classes != len(names):
+            raise DataError(f"post-processing has {pp.num_classes} classes, the models {len(names)}")
+        return cls(segs, clss, pp, list(names), tta, device, backend=backend)
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str = "cpu", tta: bool | None = None) -> Predictor:
+    def from_bundle(cls, path: str | Path, device: str = "cpu", tta: bool | None = None,
+                    backend: str | None = None, threads: int | None = None) -> Predictor:
+        """Load a bundle; ``backend`` (torch / onnx) defaults to what its model files are."""
         path = Path(path)
-        info_path = path / BUNDLE_JSON
-        if not info_path.is_file():
-            raise DataError(f"{info_path}: missing; a bundle is made by `steelseg tune` or `steelseg bundle`")
-        info = json.loads(info_path.read_text())
-        pp_path = path / "postprocess.json"
-        if not pp_path.is_file():
-            raise DataError(f"{pp_path}: missing from the bundle")
-        pp = postprocess.PostProcess.load(pp_path)
-        use_tta = info.get("tta", False) if tta is None else tta
-        if info.get("kind") == "all-empty":
-            return cls([], [], pp, info["class_names"], use_tta, device, empty=True)
+        info = read_bundle(path)
+        pp = postprocess.PostProcess.load(path / "postprocess.json")
+        if pp.num_classes != len(info.class_names):
+            raise DataError(f"{path / 'postprocess.json'}: {pp.num_classes} classes, but bundle.json names "
+                            f"{len(info.class_names)} ({', '.join(info.class_names)})")
+        use_tta = info.tta if tta is None else tta
+        if info.kind == "all-empty":
+            return cls([], [], pp, info.class_names, use_tta, device, empty=True, backend=backend or "torch")
         segs = sorted((path / "segmenters").glob("*/model.json"))
-        if not segs:
-            raise DataError(f"{path / 'segmenters'}: no segmenter in the bundle (missing model files?)")
+        if len(segs) != info.segmenters:
+            raise DataError(f"{path / 'segmenters'}: {len(segs)} model folder(s), bundle.json says "
+                            f"{info.segmenters} (missing model files?)")
         clss = sorted((path / "classifiers").glob("*/model.json"))
-        for mj in segs + clss:
-            if not (mj.parent / "best.safetensors").is_file():
-                raise DataError(f"{mj.parent / 'best.safetensors'}: missing from the bundle")
-        return cls.from_models([p.parent for p in segs], [p.parent for p in clss], pp, use_tta, device)
+        if len(clss) != info.classifiers:
+            raise DataError(f"{path / 'classifiers'}: {len(clss)} model folder(s), bundle.json says {info.classifiers}")
+        pred = cls.from_models([p.parent for p in segs], [p.parent for p in clss], pp, use_tta, device,
+                               backend=backend, threads=threads)
+        if pred.class_names != info.class_names:
+            raise DataError(f"{path / BUNDLE_JSON}: class_names {info.class_names} differ from the models' "
+                            f"{pred.class_names}")
+        return pred
 
     # ---- inference ----------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def _tensor(self, images: Sequence[np.ndarray], meta: dict[str, Any]) -> Any:
-        import torch
-
-        inp = meta["input"]
-        ch = inp["channels"]
-        arrs = []
-        for img in images:
-            if img.ndim == 2 and ch == 3:
-                img = np.repeat(img[..., None], 3, axis=2)
-            elif img.ndim == 3 and ch == 1:
-                img = img.mean(axis=2)
-            x = img.astype(np.float32) * inp.get("scale", 1 / 255)
-            x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-            mean = np.asarray(inp["mean"], np.float32).reshape(-1, 1, 1)
-            std = np.asarray(inp["std"], np.float32).reshape(-1, 1, 1)
-            arrs.append((x - mean) / std)
-        return torch.from_numpy(np.stack(arrs)).to(self.device)
-
-    def _run(self, models: list[_Model], images: Sequence[np.ndarray], tta: bool) -> np.ndarray:
-        """Average sigmoid outputs over models (and flips for segmenters)."""
-        import torch
-
-        from steelseg.augment import TTA_FLIPS
-
+    def _run(self, models: list[Runner], images: Sequence[np.ndarray], tta: bool) -> np.ndarray:
+        """Average probabilities over models (and flips for segmenters)."""
         total = None
         n = 0
-        inputs: dict[str, Any] = {}  # fold models share their normalisation: prepare the batch once
-        with torch.inference_mode():
-            for m in models:
-                key = json.dumps(m.meta["input"], sort_keys=True)
-                if key not in inputs:
-                    inputs[key] = self._tensor(images, m.meta)
-                x = inputs[key]
-                seg = m.meta["model"]["task"] == "segment"
-                for axes in (TTA_FLIPS if tta and seg else [()]):
-                    xi = torch.flip(x, axes) if axes else x
-                    out = torch.sigmoid(m.net(xi).float())
-                    if axes:
-                        out = torch.flip(out, axes)
-                    total = out if total is None else total + out
-                    n += 1
-        return (total / n).cpu().numpy()
+        inputs: dict[InputSpec, np.ndarray] = {}  # fold models share a normalisation: prepare once
+        for m in models:
+            spec = m.meta.input.spec()
+            if spec not in inputs:
+                inputs[spec] = to_input(images, spec)
+            x = inputs[spec]
+            seg = m.meta.task == "segment"
+            for axes in (TTA_FLIPS if tta and seg else [()]):
+                out = m(np.flip(x, axes) if axes else x)
+                if axes:
+                    out = np.flip(out, axes)
+                total = out if total is None else total + out
+                n += 1
+        return np.ascontiguousarray(total / n, np.float32)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predict a list of (H, W) or (H, W, 3) uint8 images (sizes may differ)."""
@@ -202,12 +195,9 @@ class Predictor:
         return out
 
     def predict_paths(self, paths: Iterable[str | Path], progress: bool = False) -> Iterable[tuple[Path, Prediction]]:
-        """Yield (path, prediction) for image files, reading them in batches."""
-        from steelseg.datasets import load_image
-
+        """Yield (path, prediction) for image files, reading them in batches as stored (gray or
+        colour); each model's input is then made by :func:`steelseg.images.to_input`."""
         paths = [Path(p) for p in paths]
-        models = self.segmenters + self.classifiers
-        ch = max((m.meta["input"]["channels"] for m in models), default=1)  # RGB models get colour
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -215,7 +205,7 @@ class Predictor:
             bar = tqdm(total=len(paths), desc="predicting", unit="img")
         for start in range(0, len(paths), self.batch_size):
             chunk = paths[start:start + self.batch_size]
-            images = [load_image(p, ch) for p in chunk]
+            images = [read_image(p, None) for p in chunk]
             yield from zip(chunk, self.predict(images))
             if bar is not None:
                 bar.update(len(chunk))
@@ -223,95 +213,152 @@ class Predictor:
             bar.close()
 
 
+def _bundle_backend(folders: Sequence[Path]) -> str:
+    """The one backend all model folders share; a bundle that mixes formats is refused by name."""
+    formats = {d: model_format(d) for d in folders}
+    if len(set(formats.values())) > 1:
+        onnx = [str(d) for d, f in formats.items() if f == "onnx"]
+        torch = [str(d) for d, f in formats.items() if f == "torch"]
+        raise DataError(f"models mix formats: ONNX in {', '.join(onnx)}; PyTorch in {', '.join(torch)}. "
+                        "Export the whole bundle with `steelseg export`")
+    return next(iter(formats.values()))
+
+
+def read_bundle(path: str | Path) -> BundleInfo:
+    """Validated ``bundle.json`` of a bundle folder."""
+    path = Path(path)
+    info_path = path / BUNDLE_JSON
+    if not path.is_dir():
+        raise DataError(f"{path}: bundle folder not found")
+    if not info_path.is_file():
+        raise DataError(f"{info_path}: missing; a bundle is made by `steelseg tune` or `steelseg bundle`")
+    if not (path / "postprocess.json").is_file():
+        raise DataError(f"{path / 'postprocess.json'}: missing from the bundle")
+    return load_json(info_path, BundleInfo)
+
+
+def _copy_model(src: Path, dst: Path) -> list[str]:
+    """Copy a model folder's model.json and weights (safetensors or ONNX); returns its class names."""
+    meta = read_model_json(src)
+    dst.mkdir(parents=True)
+    shutil.copyfile(src / "model.json", dst / "model.json")
+    if model_format(src) == "onnx":
+        name = str((meta.weights or {}).get("file", "model.onnx"))
+        shutil.copyfile(src / name, dst / name)
+    else:
+        shutil.copyfile(src / "best.safetensors", dst / "best.safetensors")
+    for split in (src / "split.json", src.parent / "split.json"):  # which images trained it (export calibrates on them)
+        if split.is_file():
+            shutil.copyfile(split, dst / "split.json")
+            break
+    return meta.class_names
+
+
 def write_bundle(out: str | Path, segmenters: Sequence[str | Path], classifiers: Sequence[str | Path] = (),
                  pp: postprocess.PostProcess | None = None, class_names: Sequence[str] | None = None,
-                 tta: bool = False, kind: str = "pipeline", extra: dict[str, Any] | None = None) -> Path:
-    """Copy model folders (model.json + best.safetensors) and post-processing into a bundle."""
-    from steelseg.checkpoint import read_model_json
+                 tta: bool = False, kind: str = "pipeline", extra: dict[str, Any] | None = None,
+                 overwrite: bool = False) -> Path:
+    """Copy model folders (model.json + weights) and post-processing into a bundle.
 
+    The bundle is built in a folder beside ``out`` and swapped in only when complete; an existing
+    ``out`` is refused unless ``overwrite`` (and the models may then come from inside it).
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("segmenters", "classifiers"):
-        shutil.rmtree(out / sub, ignore_errors=True)
+    dirs = {sub: [resolve_model_dir(d) for d in ds] for sub, ds in
+            (("segmenters", segmenters), ("classifiers", classifiers))}
     names = list(class_names) if class_names else None
-    for sub, dirs in (("segmenters", segmenters), ("classifiers", classifiers)):
-        for i, d in enumerate(dirs):
-            src = resolve_model_dir(d)
-            dst = out / sub / str(i)
-            dst.mkdir(parents=True)
-            shutil.copyfile(src / "model.json", dst / "model.json")
-            weights = src / "best.safetensors"
-            if not weights.is_file():
-                raise DataError(f"{weights}: missing")
-            shutil.copyfile(weights, dst / "best.safetensors")
-            if names is None and sub == "segmenters":
-                names = read_model_json(src)["class_names"]
-    if names is None:
-        raise DataError("a bundle needs class names (none given and no segmenter to read them from)")
-    pp = pp or postprocess.PostProcess.default(len(names))
-    pp.save(out / "postprocess.json")
-    info = {"format": "steelseg-bundle/1", "kind": kind, "class_names": list(names), "tta": tta,
-            "segmenters": len(segmenters), "classifiers": len(classifiers), **(extra or {})}
-    (out / BUNDLE_JSON).write_text(json.dumps(info, indent=2))
+    backend = _bundle_backend(dirs["segmenters"] + dirs["classifiers"]) if segmenters else "torch"
+    with staged_dir(out, overwrite, "bundle") as stage:
+        for sub, folders in dirs.items():
+            for i, src in enumerate(folders):
+                model_names = _copy_model(src, stage / sub / str(i))
+                if names is None and sub == "segmenters":
+                    names = model_names
+        if names is None:
+            raise DataError("a bundle needs class names (none given and no segmenter to read them from)")
+        pp = pp or postprocess.PostProcess.default(len(names))
+        if pp.num_classes != len(names):
+            raise DataError(f"post-processing has {pp.num_classes} classes, the bundle {len(names)}")
+        pp.save(stage / "postprocess.json")
+        info = build(BundleInfo, {"kind": kind, "class_names": list(names), "tta": tta,
+                                  "segmenters": len(segmenters), "classifiers": len(classifiers),
+                                  "backend": backend, **(extra or {})}, "bundle.json: ")
+        atomic_json(stage / BUNDLE_JSON, to_dict(info))
     return out
 
 
-def list_images(folder: str | Path) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) in a folder, sorted by name."""
-    from steelseg.datasets import IMAGE_EXTS
+def _clean_stale(out: Path) -> None:
+    """Remove what a killed earlier run left: a partial submission and half-written overlay folders."""
+    (out / "submission.csv.partial").unlink(missing_ok=True)
+    for p in out.glob(".overlays.*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in out.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: image folder not found")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
-    return images, [p for p in files if p not in images]
+
+def _image_ids(images: Sequence[Path], root: Path) -> list[str]:
+    """ImageId of each file: its name, or its path under ``root`` (with /) when read recursively."""
+    return [p.relative_to(root).as_posix() for p in images]
 
 
 def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, overlays: bool = False,
                    labels: str | Path | None = None, tta: bool | None = None, device: str = "cpu",
-                   progress: bool = False, min_size: int = 16) -> dict[str, Any]:
-    """Write ``out/submission.csv`` (and overlays) for every image in ``images_dir``."""
+                   progress: bool = False, min_size: int = 16, backend: str | None = None,
+                   threads: int | None = None, recursive: bool = False) -> dict[str, Any]:
+    """Write ``out/submission.csv`` (and overlays) for every image in ``images_dir``.
+
+    Files that are not images, and subfolders unless ``recursive``, are listed as skipped. Overlays
+    of a run are written to a folder of their own and replace ``out/overlays`` as one at the end.
+    """
     import cv2
 
     from steelseg import metrics, viz
-    from steelseg.datasets import _image_size, load_image, open_dataset
+    from steelseg.datasets import open_dataset
     from steelseg.submission import SubmissionWriter
 
-    predictor = Predictor.from_bundle(bundle, device=device, tta=tta)
-    images, others = list_images(images_dir)
+    predictor = Predictor.from_bundle(bundle, device=device, tta=tta, backend=backend, threads=threads)
+    images_dir = Path(images_dir)
+    images, others = list_images(images_dir, recursive=recursive)
     if not images:
-        raise DataError(f"{images_dir}: no images (looked for .jpg, .jpeg, .png, .bmp, .tif)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    truth = open_dataset(labels, predictor.class_names) if labels else None
-    labelled = set(truth.image_ids) if truth is not None else set()
-    for p in images:  # refuse what no model can take, before any work is done
-        h, w = _image_size(p)
+        raise DataError(f"{images_dir}: no images (looked for {', '.join(IMAGE_EXTS)}"
+                        f"{'' if recursive else ' directly inside it; --recursive reads subfolders'})")
+    ids = _image_ids(images, images_dir)
+    for p in images:  # refuse what no model can take, or what would not fit in memory, before any work
+        h, w = image_size(p)
         if h < min_size or w < min_size:
             raise DataError(f"{p}: image is {w}x{h}; the model needs at least {min_size}x{min_size} pixels")
+    out = check_writable_dir(out)
+    _clean_stale(out)
+    truth = open_dataset(labels, predictor.class_names) if labels else None
+    labelled = set(truth.image_ids) if truth is not None else set()
     acc = metrics.DiceAccumulator()
-    if overlays:
-        (out / "overlays").mkdir(exist_ok=True)
     class_ids = list(range(1, predictor.num_classes + 1))
-    with SubmissionWriter(out / "submission.csv", class_ids) as sub:
-        for path, pred in predictor.predict_paths(images, progress=progress):
-            sub.add(path.name, pred.masks)
+    with contextlib.ExitStack() as stack:
+        sub = stack.enter_context(SubmissionWriter(out / "submission.csv", class_ids))
+        pics = stack.enter_context(staged_dir(out / "overlays", True, "overlays")) if overlays else None
+        for image_id, (path, pred) in zip(ids, predictor.predict_paths(images, progress=progress)):
+            sub.add(image_id, pred.masks)
             true = None
-            if truth is not None and path.name in labelled:
-                true = truth.load_mask(path.name)
+            if truth is not None and image_id in labelled:
+                true = truth.load_mask(image_id)
+                if true.shape[:2] != pred.masks.shape[:2]:
+                    raise DataError(f"{path}: image is {pred.masks.shape[1]}x{pred.masks.shape[0]} but its "
+                                    f"--labels mask is {true.shape[1]}x{true.shape[0]}; labels must be of "
+                                    "the predicted images")
                 acc.update(pred.masks[None], true[None])
-            if overlays:
-                img = load_image(path)
-                pic = viz.caption(viz.overlay(img, pred.masks), f"{path.name}: prediction")
+            if pics is not None:
+                img = read_image(path, None)
+                pic = viz.caption(viz.overlay(img, pred.masks), f"{image_id}: prediction")
                 if true is not None:
                     pic = viz.side_by_side(pic, viz.caption(viz.overlay(img, true), "ground truth"))
-                cv2.imwrite(str(out / "overlays" / (path.stem + ".png")), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
-    summary: dict[str, Any] = {"images": len(images), "skipped_files": [p.name for p in others],
-                               "submission": str(out / "submission.csv"), "class_names": predictor.class_names}
+                dst = pics / (image_id.replace("/", "__") + ".png")  # the full name: a.jpg and a.png differ
+                cv2.imwrite(str(dst), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
+    summary: dict[str, Any] = {"images": len(images), "skipped_files": _image_ids(others, images_dir),
+                               "submission": str(out / "submission.csv"), "class_names": predictor.class_names,
+                               "backend": predictor.backend}
     if acc._pairs:
         rep = acc.compute()
         summary["dice"] = rep.mean
         summary["dice_per_class"] = dict(zip(predictor.class_names, rep.per_class))
-    (out / "predict.json").write_text(json.dumps(summary, indent=2))
+    atomic_json(out / "predict.json", summary)
     return summary

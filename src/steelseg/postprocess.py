@@ -14,7 +14,8 @@ validation predictions and stores them in ``postprocess.json``.
 
 from __future__ import annotations
 
-import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,13 +37,25 @@ class PostProcess:
 
     def __post_init__(self) -> None:
         k = len(self.pixel_threshold)
+        if not k:
+            raise ValueError("pixel_threshold: empty; one value per class is needed")
         if not self.min_component:
             self.min_component = [0] * k
         for name in ("min_area", "min_component"):
             if len(getattr(self, name)) != k:
                 raise ValueError(f"{name} has {len(getattr(self, name))} values for {k} classes")
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0 for v in getattr(self, name)):
+                raise ValueError(f"{name}: {getattr(self, name)}; pixel counts must be whole numbers >= 0")
+            setattr(self, name, [int(v) for v in getattr(self, name)])
         if self.gate_threshold is not None and len(self.gate_threshold) != k:
             raise ValueError(f"gate_threshold has {len(self.gate_threshold)} values for {k} classes")
+        # A probability threshold outside 0..1 (or NaN) marks every pixel or none: refused.
+        for name in ("pixel_threshold", "gate_threshold"):
+            for v in getattr(self, name) or []:
+                if not _is_prob(v):
+                    raise ValueError(f"{name}: {v!r} is not a probability in 0..1")
+        if self.gate_any is not None and not _is_prob(self.gate_any):
+            raise ValueError(f"gate_any: {self.gate_any!r} is not a probability in 0..1 (or null)")
 
     @classmethod
     def default(cls, num_classes: int) -> PostProcess:
@@ -54,13 +67,20 @@ class PostProcess:
         return len(self.pixel_threshold)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(asdict(self), indent=2))
-        return path
+        from steelseg.fsutil import atomic_json
+
+        return atomic_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> PostProcess:
-        return cls(**json.loads(Path(path).read_text()))
+        """Read and validate ``postprocess.json``; errors name the file and the field."""
+        from steelseg.schema import load_json
+
+        return load_json(path, cls)
+
+
+def _is_prob(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0
 
 
 def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:

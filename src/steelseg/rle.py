@@ -59,7 +59,8 @@ def encode(mask: np.ndarray) -> str:
     if mask.ndim != 2:
         raise RLEError(f"encode expects a 2-D (H, W) mask, got shape {mask.shape}")
     h, w = mask.shape
-    m = np.ascontiguousarray(mask if mask.dtype == bool else mask != 0).view(np.uint8)
+    # Raw bytes are compared (no pass to make 0/1 first); 1 vs 255 is then told apart per hit below.
+    m = np.ascontiguousarray(mask if mask.dtype in (np.bool_, np.uint8) else mask != 0).view(np.uint8)
     if w % 8:
         padded = np.zeros((h, w + 8 - w % 8), np.uint8)
         padded[:, :w] = m
@@ -68,12 +69,14 @@ def encode(mask: np.ndarray) -> str:
     diff = (words[1:] ^ words[:-1]).reshape(-1)
     hits = np.flatnonzero(diff != 0)  # nonzero on a bool array is far faster than on uint64
     row, word = np.divmod(hits, words.shape[1])
-    lanes = np.flatnonzero(diff[hits].view(np.uint8) != 0)  # which of the 8 pixels changed
+    below = words[1:].reshape(-1)[hits].view(np.uint8)
+    above = words[:-1].reshape(-1)[hits].view(np.uint8)
+    lanes = np.flatnonzero((below != 0) != (above != 0))  # which of the 8 pixels changed state
     hit = lanes >> 3
     inner = (word[hit] * 8 + (lanes & 7)) * h + row[hit] + 1
     # Where one column ends and the next begins, and the very first and last pixels.
-    first, last = m[0, :w], m[h - 1, :w]
-    wraps = np.flatnonzero(first != np.concatenate(([0], last[:-1]))) * h
+    first, last = m[0, :w] != 0, m[h - 1, :w] != 0
+    wraps = np.flatnonzero(first != np.concatenate(([False], last[:-1]))) * h
     tail = [h * w] if last[-1] else []
     edges = np.sort(np.concatenate((inner, wraps, np.asarray(tail, np.int64))))
     if not edges.size:
@@ -83,27 +86,35 @@ def encode(mask: np.ndarray) -> str:
     return _format(edges)
 
 
-_DIGITS_AND_SPACES = b"0123456789 "
+_MAX_VALUE = 1 << 48  # no image has more pixels; keeps start + length far from int64 overflow
+_MAX_DIGITS = 15
 
 
 def _fast_values(rle: str) -> np.ndarray | None:
-    """Parse in C when the string holds only digits and single spaces; None otherwise."""
+    """Parse in C when the string holds only numbers and single spaces; None otherwise."""
     try:
         raw = rle.encode("ascii")
     except UnicodeEncodeError:
         return None
-    if raw.translate(None, _DIGITS_AND_SPACES) or b"  " in raw:
-        return None
     raw = raw.strip()
     if not raw:
         return np.zeros(0, np.int64)
-    values = np.fromstring(raw, dtype=np.int64, sep=" ")
+    # fromstring stops at the first character it cannot read (a letter, '.', '1e5'), and takes tabs
+    # or double spaces as one separator: a count that differs from the spaces sends the string to the
+    # checked path, which names the bad token. Numbers too large for int64 saturate, caught in parse.
+    try:
+        values = np.fromstring(raw, dtype=np.int64, sep=" ")
+    except ValueError:  # newer NumPy raises where older ones stopped early
+        return None
     return values if values.size == raw.count(b" ") + 1 else None
 
 
 def _checked_values(rle: str) -> np.ndarray:
     """Slow path that names the offending token."""
     tokens = rle.split()
+    for t in tokens:
+        if t.lstrip("+-").isdigit() and len(t.lstrip("+-")) > _MAX_DIGITS:
+            raise RLEError(f"number {t} in the RLE is larger than any image: the mask does not fit the image size")
     try:
         return np.array(list(map(int, tokens)), dtype=np.int64)
     except ValueError:
@@ -128,6 +139,11 @@ def parse(rle: str | float | None, n_pixels: int | None = None) -> tuple[np.ndar
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if values.size % 2:
         raise RLEError(f"odd number of tokens ({values.size}): RLE needs 'start length' pairs")
+    limit = _MAX_VALUE if n_pixels is None else n_pixels
+    if int(values.max()) > limit:  # also stops int64 overflow in the sums below
+        big = int(values.max())
+        where = f"the image ({n_pixels} pixels)" if n_pixels is not None else f"any image ({_MAX_VALUE})"
+        raise RLEError(f"number {big} in the RLE is larger than {where}: the mask does not fit the image size")
     starts, lengths = values[::2], values[1::2]
     ends = starts + lengths  # 1-based, exclusive
     # One cheap pass for the common valid case; the detailed checks only run to name an error.
@@ -170,22 +186,39 @@ def decode(rle: str | float | None, shape: tuple[int, int]) -> np.ndarray:
     ``np.ascontiguousarray`` if C order matters to you.
     """
     height, width = int(shape[0]), int(shape[1])
-    starts, lengths = parse(rle, height * width)
     n = height * width
-    if not starts.size:
-        flat = np.zeros(n, np.uint8)
-    else:
-        # Alternate gap / run counts and let np.repeat write every pixel in one C loop.
-        ends = starts + lengths
-        counts = np.empty(2 * starts.size + 1, np.int64)
-        counts[0] = starts[0]
-        counts[1:-1:2] = lengths
-        counts[2:-1:2] = starts[1:] - ends[:-1]
-        counts[-1] = n - ends[-1]
-        values = np.zeros(counts.size, np.uint8)
-        values[1::2] = 1
-        flat = np.repeat(values, counts)
+    counts = _run_counts(rle, n)
+    if counts is None:  # not the common valid case: parse names the problem (or an empty mask)
+        starts, lengths = parse(rle, n)
+        counts = _counts_from_runs(starts, lengths, n)
+    values = np.zeros(counts.size, np.uint8)
+    values[1::2] = 1
+    # Alternate gap / run counts and let np.repeat write every pixel in one C loop.
+    flat = np.repeat(values, counts)
     return flat.reshape(width, height).T
+
+
+def _counts_from_runs(starts: np.ndarray, lengths: np.ndarray, n: int) -> np.ndarray:
+    """0-based starts and lengths -> alternating gap / run pixel counts that add up to ``n``."""
+    edges = np.empty(2 * starts.size + 2, np.int64)
+    edges[0], edges[-1] = 0, n
+    edges[1:-1:2] = starts
+    edges[2:-1:2] = starts + lengths
+    return np.diff(edges)
+
+
+def _run_counts(rle: str | float | None, n: int) -> np.ndarray | None:
+    """Gap / run counts straight from a valid, non-empty string; None for anything else."""
+    if not isinstance(rle, str):
+        return None
+    values = _fast_values(rle)
+    if values is None or not values.size or values.size % 2 or int(values.max()) > n:
+        return None
+    counts = _counts_from_runs(values[::2] - 1, values[1::2], n)
+    # starts >= 1, sorted and disjoint, inside the image <=> every gap >= 0; every run >= 1
+    if counts.min() < 0 or counts[1::2].min() < 1:
+        return None
+    return counts
 
 
 def rle_area(rle: str | float | None, n_pixels: int | None = None) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 
 from steelseg import rle
 from steelseg.datasets import write_kaggle_csv
+from steelseg.fsutil import atomic_text
 
 __all__ = ["SynthConfig", "CLASS_NAMES", "make_dataset", "make_image"]
 
@@ -40,6 +41,16 @@ class SynthConfig:
     second_class: float = 0.12
     seed: int = 0
     quality: int = 92
+
+    def __post_init__(self) -> None:
+        from steelseg.errors import ConfigError
+
+        if self.images < 1:
+            raise ConfigError(f"--images {self.images}: must be >= 1")
+        if not (32 <= self.height <= 16384 and 32 <= self.width <= 16384):
+            raise ConfigError(f"--height/--width {self.height}x{self.width}: each must be in 32..16384")
+        if not 0.0 <= self.defect_free <= 1.0:
+            raise ConfigError(f"--defect-free {self.defect_free}: a share in 0..1")
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: tuple[int, int]) -> np.ndarray:
@@ -190,5 +201,5 @@ def make_dataset(out: str | Path, cfg: SynthConfig | None = None, progress: bool
             if mask[..., c].any():
                 rows.append((name, c + 1, rle.encode(mask[..., c])))
     write_kaggle_csv(out / "train.csv", rows)
-    (out / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    atomic_text(out / "classes.txt", "\n".join(CLASS_NAMES) + "\n")
     return out

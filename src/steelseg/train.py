@@ -33,7 +33,9 @@ from steelseg import __version__
 from steelseg.checkpoint import save_weights, write_model_json
 from steelseg.config import RunConfig, load_config
 from steelseg.datasets import DefectDataset, SegmentationSamples, open_dataset
-from steelseg.errors import ConfigError, DataError
+from steelseg.errors import ConfigError, DataError, TrainingError
+from steelseg.fsutil import atomic_json, atomic_write
+from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 
 import lightning as L  # noqa: E402  (after torch on purpose: Lightning imports torch anyway)
 from lightning.pytorch.callbacks import Callback  # noqa: E402
@@ -130,6 +132,10 @@ class SteelsegModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, self._target(batch))
+        if not torch.isfinite(loss):  # training on would save a NaN "best" model
+            raise TrainingError(
+                f"training loss is {float(loss)} at epoch {self.current_epoch + 1}, step {self.global_step}: "
+                "stopped. Lower train.lr, check the images (all finite?) and masks, or use precision 32")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=batch["image"].shape[0], sync_dist=True)
         return loss
@@ -233,17 +239,20 @@ def classification_scores(probs: np.ndarray, labels: np.ndarray, names: list[str
 class RunRecorder(Callback):
     """Writes metrics.csv per epoch and the safetensors model folder (best and last weights)."""
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any], monitor: str, mode: str) -> None:
+    def __init__(self, run_dir: Path, meta: ModelMeta, monitor: str, mode: str) -> None:
         self.run_dir, self.meta, self.monitor, self.mode = run_dir, meta, monitor, mode
         self.best: float | None = None
         self.best_epoch: int | None = None
         self._t0 = time.time()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        # The best epoch's record travels in the resume checkpoint: a resumed run keeps it in model.json.
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_record": json.dumps(self.meta.best)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+        if state.get("best_record"):
+            self.meta.best = json.loads(state["best_record"])
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.time()
@@ -266,8 +275,8 @@ class RunRecorder(Callback):
                 self.best, self.best_epoch = score, trainer.current_epoch
                 model_dir = self.run_dir / "model"
                 save_weights(pl_module.model, model_dir / "best.safetensors")
-                self.meta["best"] = {"epoch": self.best_epoch, "monitor": self.monitor, "value": score,
-                                     "metrics": {k: v for k, v in m.items() if k.startswith("val/")}}
+                self.meta.best = {"epoch": self.best_epoch, "monitor": self.monitor, "value": score,
+                                  "metrics": {k: v for k, v in m.items() if k.startswith("val/")}}
                 write_model_json(model_dir, self.meta)
         _log_line(trainer, row)
 
@@ -278,7 +287,7 @@ class RunRecorder(Callback):
         save_weights(pl_module.model, model_dir / "last.safetensors")
         if not (model_dir / "best.safetensors").exists():  # no validation ran: last is the best we have
             save_weights(pl_module.model, model_dir / "best.safetensors")
-        self.meta["epochs_trained"] = trainer.current_epoch
+        self.meta.epochs_trained = trainer.current_epoch
         write_model_json(model_dir, self.meta)
 
 
@@ -301,12 +310,10 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(path)
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -418,25 +425,17 @@ def default_tracking_uri() -> str:
     return "sqlite:///" + str(Path.cwd() / "mlruns" / "mlflow.db")
 
 
-def _model_meta(cfg: RunConfig, ds: DefectDataset, split_how: str) -> dict[str, Any]:
+def _model_meta(cfg: RunConfig, ds: DefectDataset, split_how: str) -> ModelMeta:
     sizes = sorted({(int(h), int(w)) for h, w in zip(ds.table["height"], ds.table["width"])})
     m = cfg.model
-    return {
-        "steelseg_version": __version__,
-        "format": "steelseg-model/1",
-        "model": {"task": m.task, "arch": m.arch, "encoder": m.encoder,
-                  "outputs": len(output_names(cfg, ds.class_names)), "binary": m.binary,
-                  "in_channels": cfg.data.channels, "per_class": m.per_class, "kwargs": m.kwargs,
-                  "encoder_weights_at_init": m.encoder_weights},
-        "classes": list(range(1, len(ds.class_names) + 1)),
-        "class_names": ds.class_names,
-        "input": {"channels": cfg.data.channels, "mean": cfg.data.mean, "std": cfg.data.std,
-                  "scale": 1 / 255, "image_size": list(sizes[0]) if len(sizes) == 1 else None,
-                  "train_crop": cfg.data.crop},
-        "activation": "sigmoid",
-        "thresholds": {"pixel": [0.5] * len(ds.class_names)},
-        "trained_on": {"data": cfg.data.path, "split": split_how},
-    }
+    spec = ModelSpec(task=m.task, arch=m.arch, encoder=m.encoder, outputs=len(output_names(cfg, ds.class_names)),
+                     binary=m.binary, in_channels=cfg.data.channels, per_class=m.per_class, kwargs=dict(m.kwargs),
+                     encoder_weights_at_init=m.encoder_weights)
+    inp = InputMeta(channels=cfg.data.channels, mean=list(cfg.data.mean), std=list(cfg.data.std), scale=1 / 255,
+                    image_size=list(sizes[0]) if len(sizes) == 1 else None, train_crop=cfg.data.crop)
+    return ModelMeta(model=spec, class_names=list(ds.class_names), input=inp, steelseg_version=__version__,
+                     thresholds={"pixel": [0.5] * len(ds.class_names)},
+                     trained_on={"data": cfg.data.path, "split": split_how})
 
 
 def fit(cfg: RunConfig, resume: str | Path | None = None, progress: bool | None = None,
@@ -471,7 +470,7 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     meta = _model_meta(cfg, ds, how)
     if not is_worker and not resume:
         cfg.save(run_dir / "config.yaml")
-        (run_dir / "split.json").write_text(json.dumps({"how": how, "train": train_ids, "val": val_ids}))
+        atomic_json(run_dir / "split.json", {"how": how, "train": train_ids, "val": val_ids})
     train_loader, val_loader = make_loaders(cfg, ds.subset(train_ids), ds.subset(val_ids))
     module = SteelsegModule(cfg, ds.class_names)
     t = cfg.train
@@ -519,8 +518,9 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
                 ids["mlflow_run_id"] = lg.run_id
             elif type(lg).__name__ == "WandbLogger":
                 ids["wandb_run_id"] = lg.version
-        (run_dir / "tracking.json").write_text(json.dumps(ids))
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if resume else None)
+        atomic_json(run_dir / "tracking.json", ids)
+    # weights_only=True always: a tampered last.ckpt cannot run code, whatever the environment says.
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if resume else None, weights_only=True)
     recorder: RunRecorder = callbacks[0]
     if trainer.is_global_zero:
         for lg in loggers:

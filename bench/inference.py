@@ -1,0 +1,222 @@
+"""CPU inference speed: the Kaggle notebook loop against steelseg's backends, one process.
+
+Same 256x1600 synthetic strips (half defect-free, as in Severstal), same U-Net segmenter weights.
+Lines, each timed end to end from image file to RLE strings:
+
+  baseline       eager PyTorch, batch 1, the loop a Kaggle notebook writes (cv2.imread, normalise,
+                 model, sigmoid, threshold, minimum area, mask2rle)
+  torch          steelseg Predictor, PyTorch backend (batch 4)
+  onnx fp32      steelseg Predictor, ONNX Runtime (exported by steelseg export, parity-checked)
+  onnx int8      the same, statically quantised (QDQ, per-channel)
+each of the steelseg lines with and without a binary gating classifier that skips the segmenter
+on images it calls defect-free (trained here briefly on other synthetic strips).
+
+Prints images/s, the ratio to the baseline, the model's GFLOPs per image and the GFLOP/s reached,
+and checks that every fp32 line writes the same masks as the baseline loop.
+Usage: python bench/inference.py [--images 16] [--threads 2] [--encoder resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SEG_THRESHOLD, MIN_AREA = 0.5, 0  # the notebook's post-processing, the same as the bundle's
+
+
+def cpu_info() -> str:
+    name, flags = platform.processor() or "cpu", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", "cpu", platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni", "fma"))
+    return f"{name}; {os.cpu_count()} logical CPUs; {' '.join(isa) or 'no AVX flags read'}"
+
+
+def mask2rle(img: np.ndarray) -> str:  # as in the public notebooks
+    pixels = img.T.flatten()
+    pixels = np.concatenate([[0], pixels, [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+def baseline_loop(model, paths: list[Path], mean: float, std: float) -> list[list[str]]:
+    """The notebook loop: one image at a time, eager PyTorch, no batching."""
+    import cv2
+    import torch
+
+    rows = []
+    with torch.no_grad():
+        for p in paths:
+            img = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+            x = torch.from_numpy(((img / 255.0 - mean) / std).astype(np.float32))[None, None]
+            probs = torch.sigmoid(model(x))[0].numpy()
+            masks = []
+            for c in range(probs.shape[0]):
+                m = (probs[c] > SEG_THRESHOLD).astype(np.uint8)
+                if m.sum() < max(MIN_AREA, 1):
+                    m[:] = 0
+                masks.append(m)
+            rows.append([mask2rle(m) for m in masks])
+    return rows
+
+
+def steelseg_loop(predictor, paths: list[Path]) -> tuple[list[list[str]], list[bool]]:
+    from steelseg import rle
+
+    rows, skipped = [], []
+    for _, pred in predictor.predict_paths(paths):
+        rows.append([rle.encode(pred.masks[..., c]) for c in range(pred.masks.shape[-1])])
+        skipped.append(pred.skipped)
+    return rows, skipped
+
+
+def gflops(model, shape: tuple[int, ...]) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(shape))
+    return counter.get_total_flops() / 1e9
+
+
+def timed(fn, repeat: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=16, help="test images (half defect-free)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for every line")
+    ap.add_argument("--encoder", default="resnet18", help="U-Net encoder (tu-test_resnet for a smoke run)")
+    ap.add_argument("--classifier", default="resnet18", help="timm gate classifier")
+    ap.add_argument("--gate-images", type=int, default=96, help="synthetic strips the gate is trained on")
+    ap.add_argument("--gate-epochs", type=int, default=3)
+    ap.add_argument("--height", type=int, default=256)
+    ap.add_argument("--width", type=int, default=1600)
+    ap.add_argument("--skip-int8", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from steelseg.checkpoint import save_weights, write_model_json
+    from steelseg.config import load_config
+    from steelseg.export import export_bundle
+    from steelseg.images import read_image
+    from steelseg.models import create_segmenter
+    from steelseg.pipeline import Predictor, write_bundle
+    from steelseg.postprocess import PostProcess
+    from steelseg.schema import InputMeta, ModelMeta, ModelSpec
+    from steelseg.synth import SynthConfig, make_dataset
+    from steelseg.train import fit
+
+    tmp = Path(tempfile.mkdtemp(prefix="steelseg-bench-"))
+    size = dict(height=args.height, width=args.width)
+    test = make_dataset(tmp / "test", SynthConfig(images=args.images, seed=11, defect_free=0.5, **size))
+    gate_data = make_dataset(tmp / "gate", SynthConfig(images=args.gate_images, seed=12, defect_free=0.5, **size))
+    paths = sorted((test / "train_images").iterdir())
+    names = ["class1", "class2", "class3", "class4"]
+
+    # The segmenter: a U-Net with random weights (speed does not depend on them), saved as a run.
+    torch.manual_seed(0)
+    seg = create_segmenter("unet", args.encoder, 4, 1).eval()
+    seg_dir = tmp / "seg" / "model"
+    seg_dir.mkdir(parents=True)
+    save_weights(seg, seg_dir / "best.safetensors")
+    meta = ModelMeta(ModelSpec("segment", args.encoder, 4, 1, "unet"), names, InputMeta())
+    write_model_json(seg_dir, meta)
+
+    # The gate: a binary defect / no-defect classifier, trained briefly on other strips.
+    t0 = time.perf_counter()
+    cfg = load_config(None, [f"data.path={gate_data}", f"out_dir={tmp / 'runs'}", "name=gate",
+                             "model.task=classify", "model.binary=true", f"model.encoder={args.classifier}",
+                             "train.loss=bce", f"train.epochs={args.gate_epochs}", "train.lr=0.001",
+                             "data.batch_size=8", "data.num_workers=0", "track.mlflow=false", "data.shift=0"])
+    gate_run = fit(cfg, progress=False).run_dir
+    gate_minutes = (time.perf_counter() - t0) / 60
+
+    plain = tmp / "bundle-plain"
+    write_bundle(plain, [seg_dir], [], PostProcess([SEG_THRESHOLD] * 4, [MIN_AREA] * 4), kind="plain")
+    gated = tmp / "bundle-gated"
+    write_bundle(gated, [seg_dir], [gate_run], PostProcess([SEG_THRESHOLD] * 4, [MIN_AREA] * 4, None,
+                                                           [0.5] * 4, 0.5), kind="pipeline")
+    samples = [read_image(p, None) for p in paths[:2]]
+    bundles = {"torch": (plain, gated)}
+    for name, quant in (("onnx fp32", None), ("onnx int8", "int8")):
+        if quant and args.skip_int8:
+            continue
+        outs = []
+        for b in (plain, gated):
+            dst = tmp / f"{b.name}-{name.replace(' ', '-')}"
+            calib = [read_image(p, None) for p in sorted((gate_data / "train_images").iterdir())[:16]]
+            val = [read_image(p, None) for p in paths]
+            from steelseg.datasets import open_dataset
+
+            ds = open_dataset(test)
+            masks = [ds.load_mask(p.name) for p in paths]
+            # random-init weights: Dice says nothing here, so the int8 drop is not limited in the bench
+            export_bundle(b, dst, samples, quant, calib if quant else (), val if quant else (),
+                          masks if quant else (), max_dice_drop=1.0, threads=args.threads)
+            outs.append(dst)
+        bundles[name] = tuple(outs)
+
+    g_seg = gflops(seg, (1, 1, args.height, args.width))
+    from steelseg.checkpoint import load_model
+
+    gate_net, _ = load_model(gate_run / "model")
+    g_cls = gflops(gate_net, (1, 1, args.height, args.width))
+    truth_free = [not open_dataset(test).row(p.name)[[f"has_{c}" for c in range(1, 5)]].any() for p in paths]
+
+    print(f"machine: {cpu_info()}")
+    print(f"torch {torch.__version__}, threads {args.threads}; {len(paths)} images {args.width}x{args.height}, "
+          f"{sum(truth_free)} defect-free; U-Net-{args.encoder} {g_seg:.1f} GFLOPs/image, "
+          f"gate {args.classifier} {g_cls:.1f} GFLOPs/image (trained {gate_minutes:.1f} min)")
+    t_base, ref = timed(lambda: baseline_loop(seg, paths, 0.449, 0.226))
+    base_ips = len(paths) / t_base
+    print(f"{'line':<26}{'images/s':>10}{'x baseline':>12}{'GFLOP/s':>10}{'skipped':>9}  masks")
+    print(f"{'baseline (notebook loop)':<26}{base_ips:>10.2f}{1.0:>12.2f}{g_seg * base_ips:>10.1f}{0:>9}  reference")
+    for name, (b_plain, b_gated) in bundles.items():
+        for label, bundle in (("", b_plain), (" + gate", b_gated)):
+            pred = Predictor.from_bundle(bundle, threads=args.threads)
+            steelseg_loop(pred, paths[:1])  # warm-up: sessions, caches
+            t, (rows, skipped) = timed(lambda: steelseg_loop(pred, paths))
+            ips = len(paths) / t
+            n_skip = sum(skipped)
+            work = (g_seg * (len(paths) - n_skip) + (g_cls * len(paths) if label else 0)) / t
+            segmented = [i for i, sk in enumerate(skipped) if not sk]
+            same_seg = all(rows[i] == ref[i] for i in segmented)
+            if "int8" in name:
+                differ = sum(rows[i] != ref[i] for i in segmented)
+                same = f"int8: {differ} of {len(segmented)} segmented images differ from fp32"
+            else:
+                same = ("identical" if same_seg else "DIFFERENT") + (
+                    f" on the {len(segmented)} segmented images" if label else "")
+            if label:
+                lost = sum(1 for i, sk in enumerate(skipped) if sk and not truth_free[i])
+                same += f"; {lost} skipped image(s) had defects"
+            print(f"{name + label:<26}{ips:>10.2f}{ips / base_ips:>12.2f}{work:>10.1f}{n_skip:>9}  {same}")
+
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Writing files and folders so that a crash, a kill or a failure never leaves half of one.
+
+* :func:`atomic_write` / :func:`atomic_text` / :func:`atomic_json`: a temporary file beside the
+  target, flushed and renamed over it (readers see the old file or the new one, never a mix).
+* :func:`staged_dir`: a folder (bundle, export) is built in a temporary folder beside the target
+  and swapped in only when complete; an existing target is refused unless ``overwrite``.
+
+The one helper for each of these; every writer in steelseg goes through them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from steelseg.errors import DataError
+
+__all__ = ["atomic_json", "atomic_text", "atomic_write", "check_writable_dir", "staged_dir"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **open_kw: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success it replaces ``path``, on error it is removed."""
+    path = Path(path)
+    check_writable_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **open_kw) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_text(path: str | Path, text: str) -> Path:
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def atomic_json(path: str | Path, obj: Any) -> Path:
+    return atomic_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def check_writable_dir(folder: str | Path) -> Path:
+    """Create ``folder`` (and parents) or say clearly why it cannot be written."""
+    folder = Path(folder)
+    for p in [folder, *folder.parents]:
+        if p.exists() and not p.is_dir():
+            raise DataError(f"{p}: is a file, not a folder; choose another output path")
+        if p.exists():
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"{folder}: output folder is not writable")
+    return folder
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | Path, overwrite: bool = False, what: str = "folder") -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``target``; when the block succeeds it becomes ``target``.
+
+    An existing ``target`` is refused unless ``overwrite``; then it is replaced only after the new
+    one is complete (the old one is moved aside first and removed last, so it survives a failure).
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise DataError(f"{target}: already exists; pass --overwrite to replace the {what}, or choose another path")
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{target}: is a file, not a {what} folder")
+    check_writable_dir(target.parent)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.rmdir(old)
+        os.replace(target, old)
+    try:
+        os.replace(stage, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    os.chmod(target, 0o755 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,295 @@
+"""Typed files on disk: one dataclass per file, shared by the code that writes it and every reader.
+
+* ``model.json`` -> :class:`ModelMeta` (with :class:`ModelSpec` and :class:`InputMeta`)
+* ``bundle.json`` -> :class:`BundleInfo`
+* ``postprocess.json`` -> :class:`steelseg.postprocess.PostProcess`
+* run configs (YAML) -> :mod:`steelseg.config`, through the same :func:`build`
+
+:func:`build` turns a parsed mapping into a dataclass, checking every key and type; the classes
+check ranges in ``__post_init__``. :func:`load_json` reads a file and names the file and the field
+in every error, so a hand-edited or damaged file never runs with a silently wrong value.
+No torch here: the service and the ONNX path read these files without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from steelseg.errors import DataError, SteelsegError
+from steelseg.images import InputSpec
+
+__all__ = ["BundleInfo", "InputMeta", "ModelMeta", "ModelSpec", "build", "check_model_kwargs", "load_json",
+           "to_dict"]
+
+T = TypeVar("T")
+
+MODEL_FORMAT = "steelseg-model/1"
+BUNDLE_FORMAT = "steelseg-bundle/1"
+
+
+# ---- the typed builder ------------------------------------------------------------------------
+def _check_type(value: Any, tp: Any, where: str, error: type[SteelsegError]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where, error)
+            except SteelsegError as exc:
+                errors.append(str(exc))
+        raise error(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise error(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        out = [_check_type(v, item, f"{where}[{i}]", error) for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise error(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise error(f"{where}: expected a section (mapping), got {value!r}")
+        return build(tp, value, where + ".", error)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise error(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def build(cls: type[T], values: dict[str, Any] | None, where: str = "",
+          error: type[SteelsegError] = DataError) -> T:
+    """A ``cls`` dataclass from a mapping: unknown keys (with a did-you-mean), missing required keys
+    and wrong types raise ``error`` naming the field; range checks in ``__post_init__`` too."""
+    if values is not None and not isinstance(values, dict):
+        raise error(f"{where or 'top level'}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in (values or {}).items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise error(f"unknown key '{where}{key}'{hint}; valid keys: {', '.join(fields)}")
+        kwargs[key] = _check_type(value, hints[key], f"{where}{key}", error)
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise error(f"{where or ''}missing key(s): {', '.join(where + m for m in missing)}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise error(f"{where}{exc}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain JSON-ready data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def load_json(path: str | Path, cls: type[T]) -> T:
+    """Read ``path`` as a ``cls``; every problem is a DataError naming the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; expected JSON") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    try:
+        return build(cls, data, "", DataError)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
+def _finite(values: Any, name: str, lo: float | None = None, hi: float | None = None) -> None:
+    for v in values if isinstance(values, (list, tuple)) else [values]:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ValueError(f"{name}: {v!r} is not a finite number")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ValueError(f"{name}: {v!r} is outside {lo}..{hi}")
+
+
+# ---- model keyword arguments ------------------------------------------------------------------
+# The constructor arguments that model.json / model.kwargs may pass to smp and timm. Anything else
+# (checkpoint_path, pretrained_cfg_overlay, ...) could make a loader open files: refused.
+SEGMENTER_KWARGS = {
+    "encoder_depth": (1, 5), "decoder_channels": (1, 2048), "decoder_use_batchnorm": None,
+    "decoder_use_norm": None, "decoder_attention_type": None, "decoder_pyramid_channels": (1, 2048),
+    "decoder_segmentation_channels": (1, 2048), "decoder_merge_policy": None, "decoder_dropout": (0.0, 1.0),
+    "encoder_output_stride": (8, 32), "decoder_atrous_rates": (1, 64), "upsampling": (1, 32),
+    "psp_out_channels": (1, 2048), "psp_use_batchnorm": None, "psp_dropout": (0.0, 1.0),
+    "decoder_interpolation": None,
+}
+CLASSIFIER_KWARGS = {"drop_rate": (0.0, 1.0), "drop_path_rate": (0.0, 1.0), "global_pool": None}
+
+
+def check_model_kwargs(task: str, kwargs: dict[str, Any], where: str = "model.kwargs") -> None:
+    """Raise ValueError when a keyword is not one the model factory documents or is out of range."""
+    allowed = SEGMENTER_KWARGS if task == "segment" else CLASSIFIER_KWARGS
+    for key, value in kwargs.items():
+        if key not in allowed:
+            raise ValueError(f"{where}.{key}: not an accepted model argument; accepted for "
+                             f"{task}: {', '.join(sorted(allowed))}")
+        rng = allowed[key]
+        if rng is None or value is None:
+            continue
+        lo, hi = rng
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise ValueError(f"{where}.{key}: {value!r}; each value must be a number in {lo}..{hi}")
+
+
+# ---- model.json -------------------------------------------------------------------------------
+TASKS = ("segment", "classify")
+
+
+@dataclass
+class ModelSpec:
+    """What to build: the ``model`` section of model.json."""
+
+    task: str
+    encoder: str
+    outputs: int
+    in_channels: int = 1
+    arch: str = ""
+    binary: bool = False
+    per_class: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    encoder_weights_at_init: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task: {self.task!r} is not one of {', '.join(TASKS)}")
+        if not 1 <= self.outputs <= 1000:
+            raise ValueError(f"outputs: {self.outputs}; expected 1..1000")
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels: {self.in_channels} (1 or 3)")
+        if self.task == "segment" and not self.arch:
+            raise ValueError("arch: empty; a segmenter needs an architecture such as unet")
+        check_model_kwargs(self.task, self.kwargs, "kwargs")
+
+
+@dataclass
+class InputMeta:
+    """The ``input`` section: what :func:`steelseg.images.to_input` needs, plus sizes seen in training."""
+
+    channels: int = 1
+    mean: list[float] = field(default_factory=lambda: [0.449])
+    std: list[float] = field(default_factory=lambda: [0.226])
+    scale: float = 1 / 255
+    image_size: list[int] | None = None
+    train_crop: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        self.spec()  # the checks live in InputSpec
+
+    def spec(self) -> InputSpec:
+        try:
+            return InputSpec(self.channels, tuple(self.mean), tuple(self.std), self.scale)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+
+@dataclass
+class ModelMeta:
+    """model.json: everything needed to rebuild and run a model, and where it came from."""
+
+    model: ModelSpec
+    class_names: list[str]
+    input: InputMeta = field(default_factory=InputMeta)
+    classes: list[int] = field(default_factory=list)
+    format: str = MODEL_FORMAT
+    steelseg_version: str = ""
+    activation: str = "sigmoid"
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    trained_on: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+    epochs_trained: int | None = None
+    weights: dict[str, Any] | None = None  # exported models: {"format": "onnx", "file": ..., ...}
+
+    def __post_init__(self) -> None:
+        if self.format != MODEL_FORMAT:
+            raise ValueError(f"format: {self.format!r}; this steelseg reads {MODEL_FORMAT}")
+        if not self.class_names:
+            raise ValueError("class_names: empty")
+        if self.activation != "sigmoid":
+            raise ValueError(f"activation: {self.activation!r}; only sigmoid outputs are supported")
+        if self.input.channels != self.model.in_channels:
+            raise ValueError(f"input.channels ({self.input.channels}) differs from model.in_channels "
+                             f"({self.model.in_channels})")
+        binary = self.model.task == "classify" and self.model.outputs == 1
+        if not binary and self.model.outputs != len(self.class_names):
+            raise ValueError(f"model.outputs ({self.model.outputs}) differs from the {len(self.class_names)} "
+                             "class_names")
+        if not self.classes:
+            self.classes = list(range(1, len(self.class_names) + 1))
+
+    @property
+    def task(self) -> str:
+        return self.model.task
+
+    def to_json(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# ---- bundle.json ------------------------------------------------------------------------------
+BUNDLE_KINDS = ("pipeline", "plain", "all-empty")
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass
+class BundleInfo:
+    """bundle.json: what a bundle holds and how to run it."""
+
+    class_names: list[str]
+    kind: str = "pipeline"
+    format: str = BUNDLE_FORMAT
+    tta: bool = False
+    segmenters: int = 0
+    classifiers: int = 0
+    backend: str = "torch"
+    tuned_on: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.format != BUNDLE_FORMAT:
+            raise ValueError(f"format: {self.format!r}; this steelseg reads {BUNDLE_FORMAT}")
+        if self.kind not in BUNDLE_KINDS:
+            raise ValueError(f"kind: {self.kind!r} is not one of {', '.join(BUNDLE_KINDS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if not self.class_names:
+            raise ValueError("class_names: empty")
+        if self.segmenters < 0 or self.classifiers < 0:
+            raise ValueError("segmenters / classifiers: counts must be >= 0")
+        if self.kind != "all-empty" and self.segmenters < 1:
+            raise ValueError(f"segmenters: {self.segmenters}; a {self.kind} bundle needs at least one")
