@@ -22,3 +22,21 @@ def test_train_bench_runs() -> None:
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ratio steelseg/plain" in out.stdout and "waiting for data" in out.stdout
+
+
+def test_inference_bench_runs() -> None:
+    out = subprocess.run([sys.executable, str(BENCH / "inference.py"), "--encoder", "tu-test_resnet",
+                          "--classifier", "test_resnet", "--images", "4", "--train-images", "12",
+                          "--gate-minutes", "0.03", "--seg-minutes", "0.03", "--height", "64", "--width", "320"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for line in ("baseline (notebook loop)", "onnx fp32 + gate", "onnx int8 + gate", "GFLOPs/image", "avx"):
+        assert line in out.stdout, out.stdout
+    assert "DIFFERENT" not in out.stdout  # fp32 lines write the baseline's masks
+
+
+def test_serve_load_bench_runs() -> None:
+    out = subprocess.run([sys.executable, str(BENCH / "serve_load.py"), "--clients", "2", "--seconds", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "1 bad in 5" in out.stdout and "service healthy after the load: True" in out.stdout

@@ -135,8 +135,10 @@ def test_predict_cleans_up_after_a_killed_run(bundle, data, tmp_path, capsys) ->
     out.mkdir()
     (out / "submission.csv.partial").write_text("ImageId,EncodedPixels,ClassId\nhalf")
     (out / ".overlays.abc.partial").mkdir()
+    (out / ".submission.csv.abc.tmp").write_text("half")
     rc, _ = run_cli(capsys, "predict", bundle, data / "train_images", "--out", out)
     assert rc == 0 and not (out / "submission.csv.partial").exists() and not list(out.glob(".overlays*"))
+    assert not list(out.glob(".*.tmp")) and (out / "submission.csv").is_file()
 
 
 def test_predict_refuses_huge_images_and_mismatched_labels(bundle, data, tmp_path, capsys, monkeypatch) -> None:
@@ -155,6 +157,44 @@ def test_predict_refuses_huge_images_and_mismatched_labels(bundle, data, tmp_pat
     img.resize((96, 48)).save(other / name)
     expect_error(capsys, f"{name}: image is 96x48 but its --labels mask is 128x64", "predict", bundle, other,
                  "--out", tmp_path / "q", "--labels", data)
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A small PNG whose header claims a huge size (a decompression bomb as far as a reader knows)."""
+    import struct
+    import zlib
+
+    Image.new("L", (8, 8)).save(path)
+    raw = bytearray(path.read_bytes())
+    ihdr = raw[12:29]  # chunk type + 13 data bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    raw[12:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_decompression_bomb_refused_from_header(bundle, data, tmp_path, capsys) -> None:
+    d = tmp_path / "bomb"
+    shutil.copytree(data / "train_images", d / "train_images")
+    (d / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    _png_claiming(d / "train_images" / "bomb.png", 30000, 30000)  # past Pillow's own bomb limit
+    expect_error(capsys, "bomb.png: refused as a decompression bomb", "info", d)
+    (d / "train_images" / "bomb.png").unlink()
+    _png_claiming(d / "train_images" / "big.png", 8000, 6000)  # 48 Mpx: past ours (40 Mpx), not Pillow's
+    expect_error(capsys, "big.png: image is 8000x6000 = 48.0 Mpx, above the limit of 40.0 Mpx", "info", d)
+    (d / "train_images" / "big.png").rename(d / "train_images" / "bomb.png")
+    expect_error(capsys, "bomb.png", "eda", d, "--out", tmp_path / "e")
+    expect_error(capsys, "bomb.png", "predict", bundle, d / "train_images", "--out", tmp_path / "p")
+
+
+def test_tune_refuses_existing_bundle(bundle, data, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(bundle / "segmenters" / "0", run / "model")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    expect_error(capsys, "already exists", "tune", run, "--data", data, "--split", "all", "--out", tmp_path / "taken")
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
 def test_output_path_is_a_file(bundle, data, tmp_path, capsys) -> None:

@@ -36,8 +36,15 @@ class Runner(Protocol):
 
 
 class TorchRunner:
+    """Eager PyTorch. On the CPU the model runs channels-last, one image at a time: measured 1.3x
+    (channels-last) and 1.2x (batch 1 against 4 on 256x1600 strips, cache-bound) faster here."""
+
     def __init__(self, net: Any, meta: ModelMeta, source: Path, device: str = "cpu") -> None:
-        self.net, self.meta, self.source, self.device = net, meta, source, device
+        import torch
+
+        self.meta, self.source, self.device = meta, source, device
+        self.cpu = str(device).startswith("cpu")
+        self.net = net.to(memory_format=torch.channels_last) if self.cpu else net
 
     @classmethod
     def load(cls, folder: Path, which: str = "best", device: str = "cpu") -> TorchRunner:
@@ -49,9 +56,15 @@ class TorchRunner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch
 
+        x = np.ascontiguousarray(x)
         with torch.inference_mode():
-            out = self.net(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
-            return torch.sigmoid(out.float()).cpu().numpy()
+            if not self.cpu:
+                return torch.sigmoid(self.net(torch.from_numpy(x).to(self.device)).float()).cpu().numpy()
+            outs = []
+            for i in range(len(x)):
+                xi = torch.from_numpy(x[i:i + 1]).contiguous(memory_format=torch.channels_last)
+                outs.append(torch.sigmoid(self.net(xi).float()).numpy())
+            return np.ascontiguousarray(np.concatenate(outs))
 
 
 def pad_to_stride(x: np.ndarray, stride: int = STRIDE) -> np.ndarray:

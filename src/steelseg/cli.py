@@ -189,6 +189,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from steelseg.pipeline import write_bundle
     from steelseg.tune import tune_min_component, tune_postprocess
 
+    from steelseg.fsutil import refuse_existing
+
+    refuse_existing(args.out, args.overwrite, "bundle")  # before minutes of prediction, not after
     eval_dir = Path(args.eval_dir or Path(args.runs[0]) / f"eval-{args.split}")
     meta_path = eval_dir / "metrics.json"
     same = meta_path.is_file() and _saved_matches(json.loads(meta_path.read_text()), args)
@@ -254,6 +257,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.samples < 1 or args.calib < 1 or args.val < 1:
         raise SteelsegError("--samples, --calib and --val must be >= 1")
+    from steelseg.fsutil import refuse_existing
+
+    refuse_existing(args.out, args.overwrite, "bundle")
     data = load_export_data(args.bundle, args.data, args.calib, args.val)
     samples = data["val"][:args.samples]
     quant = bool(args.quantize)
@@ -270,6 +276,24 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"images; {rep.speed_fp32:.2f} -> {rep.speed_int8:.2f} images/s "
               f"({rep.speed_int8 / rep.speed_fp32:.2f}x)")
     print(f"wrote {rep.out} in {rep.seconds:.1f}s (predict with: steelseg predict {rep.out} IMAGES --out DIR)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from steelseg.serve.app import ServeConfig, run
+    except ImportError as exc:
+        raise SteelsegError(f"the service needs the serve extra: pip install 'steelseg[serve]' ({exc})") from None
+    if args.workers < 1 or args.max_batch < 1:
+        raise SteelsegError("--workers and --max-batch must be >= 1")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who reaches it can use it",
+              file=sys.stderr)
+    cfg = ServeConfig(str(args.bundle), args.api_key or os.environ.get("STEELSEG_API_KEY"),
+                      str(args.feedback) if args.feedback else None, args.max_batch, args.max_mb * 1024 * 1024,
+                      backend=args.backend, threads=args.threads)
+    print(f"serving {args.bundle} on http://{args.host}:{args.port} (review page /, API docs /docs)", flush=True)
+    run(cfg, args.host, args.port, args.workers)
     return 0
 
 
@@ -449,6 +473,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bundle")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="run the HTTP service with a review page (FastAPI)",
+                       description="Serve BUNDLE over HTTP: POST /v1/predict (one image), /v1/predict/batch, "
+                                   "/v1/feedback; GET /health, /ready, /v1/model, /metrics (Prometheus), /docs "
+                                   "(OpenAPI) and the review page at /. Binds to 127.0.0.1 unless told otherwise.",
+                       epilog="examples:\n  steelseg serve bundles/seg-int8 --feedback data/feedback\n"
+                              "  STEELSEG_API_KEY=secret steelseg serve bundles/seg --host 0.0.0.0 --workers 2\n"
+                              "  curl -F file=@strip.jpg -H 'X-API-Key: secret' http://127.0.0.1:8000/v1/predict",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", type=Path, help="bundle folder (PyTorch or ONNX)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each loads the bundle once")
+    p.add_argument("--api-key", default=None, help="require this key (X-API-Key header) on /v1/*; "
+                   "or set $STEELSEG_API_KEY")
+    p.add_argument("--feedback", type=Path, default=None, help="append reviewed images to this Kaggle-layout folder")
+    p.add_argument("--max-batch", type=int, default=16, help="most images in one batch request (default 16)")
+    p.add_argument("--max-mb", type=int, default=32, help="largest request body in MB (default 32)")
+    _add_backend_args(p)
+    p.set_defaults(func=cmd_serve)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

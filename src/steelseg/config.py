@@ -197,10 +197,10 @@ def _check_ranges(cfg: RunConfig) -> None:
     _need(t.max_minutes is None or (_finite(t.max_minutes) and t.max_minutes > 0), "train.max_minutes",
           t.max_minutes, "must be > 0 (or null for no limit)")
     _need(t.num_nodes >= 1, "train.num_nodes", t.num_nodes, "must be >= 1")
-    for key in ("limit_train_batches", "limit_val_batches"):
+    for key, low in (("limit_train_batches", 1), ("limit_val_batches", 0)):  # 0 val batches: no validation
         v = getattr(t, key)
-        _need(_finite(v) and v > 0 and (isinstance(v, int) or v <= 1.0), f"train.{key}", v,
-              "must be a batch count >= 1 or a share in (0, 1]")
+        _need(_finite(v) and (v >= low if isinstance(v, int) else 0 < v <= 1.0), f"train.{key}", v,
+              f"must be a batch count >= {low} or a share in (0, 1]")
     if t.pos_weight is not None:
         _need(all(_finite(v) and v > 0 for v in t.pos_weight), "train.pos_weight", t.pos_weight,
               "every value must be > 0")

@@ -231,6 +231,7 @@ def _read_kaggle_csv(csv_path: Path) -> list[tuple[int, str, int, str]]:
         raise DataError(f"{csv_path}: cannot open ({exc})") from None
     try:
         with fh:
+            rle.allow_long_csv_fields()
             return _parse_kaggle_rows(csv_path, csv.reader(fh))
     except UnicodeDecodeError as exc:
         raise DataError(f"{csv_path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as "

@@ -19,6 +19,7 @@ import numpy as np
 from steelseg import metrics, viz
 from steelseg.datasets import one_hot, open_dataset
 from steelseg.errors import DataError
+from steelseg.fsutil import atomic_text
 from steelseg.images import read_image
 
 __all__ = ["MaskStats", "run_eda"]
@@ -268,7 +269,7 @@ def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = N
     legend = "".join(f'<span class="sw" style="background:rgb{viz.color_of(c)}"></span>{html.escape(nm)} '
                      for c, nm in enumerate(names))
 
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_text(out / "summary.json", json.dumps(summary, indent=2))
     _write_html(out / "index.html", summary, figs, "".join(gallery_html), legend)
     return summary
 
@@ -313,4 +314,4 @@ minimum-area search of post-processing.</p>
 <h2>Gallery</h2><p>Legend: {legend}</p>{gallery}
 </body></html>
 """
-    path.write_text(doc)
+    atomic_text(path, doc)

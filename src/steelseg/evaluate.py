@@ -22,6 +22,7 @@ import numpy as np
 from steelseg import metrics, postprocess
 from steelseg.datasets import DefectDataset, open_dataset
 from steelseg.errors import DataError
+from steelseg.fsutil import atomic_text, atomic_write, check_writable_dir
 from steelseg.pipeline import Predictor, resolve_model_dir
 
 __all__ = ["evaluate", "eval_ids", "load_predictions"]
@@ -62,8 +63,7 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
              predictor: Predictor | None = None, save_probs: bool = True, progress: bool = False,
              device: str = "cpu") -> dict[str, Any]:
     """Predict ``split`` of ``data`` and write metrics, per-image rows and saved predictions."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir(out)
     if predictor is None:
         predictor = Predictor.from_models(segmenters, classifiers, pp, tta, device)
     names = predictor.class_names
@@ -128,9 +128,10 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
     if probs_q and len({p.shape for p in probs_q}) == 1:
         arrays["probs"] = np.stack(probs_q)  # (N, H, W, C) uint8, for tuning component sizes
         arrays["true_packed"] = np.stack(trues)  # the masks as bits, so tuning needs no dataset
-    np.savez_compressed(out / "predictions.npz", **arrays)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    with open(out / "per_image.csv", "w", newline="") as fh:
+    with atomic_write(out / "predictions.npz", "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    atomic_text(out / "metrics.json", json.dumps(result, indent=2))
+    with atomic_write(out / "per_image.csv", "w", newline="") as fh:
         if rows:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()

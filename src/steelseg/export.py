@@ -7,7 +7,7 @@ postprocess.json and bundle.json copied. Before anything is written, ONNX Runtim
 are compared with PyTorch's on sample images and the post-processed masks must be identical;
 any difference fails loudly and leaves nothing behind.
 
-``quantize="int8"`` applies ONNX Runtime static quantisation (QDQ, per-channel weights, int8
+``quantize="int8"`` applies ONNX Runtime static quantisation (QDQ, per-channel int8 weights, uint8
 activations) calibrated on images of the run's training data, then scores Kaggle mean Dice on a
 validation split before and after; a drop larger than ``max_dice_drop`` is refused.
 """
@@ -196,8 +196,13 @@ def _quantize(src: Path, dst: Path, calib: np.ndarray) -> None:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     except Exception:  # shape inference is an optimisation; quantise the plain graph without it
         shutil.copyfile(src, pre)
+    import logging
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # per-tensor notes on shape ops
+    # U8S8 (uint8 activations, int8 weights): ONNX Runtime's fast path on x86 with VNNI; S8S8 measured
+    # 2x slower here (bench/inference.py).
     quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     pre.unlink(missing_ok=True)
 
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from steelseg.errors import DataError
 
-__all__ = ["atomic_json", "atomic_text", "atomic_write", "check_writable_dir", "staged_dir"]
+__all__ = ["atomic_json", "atomic_text", "atomic_write", "check_writable_dir", "refuse_existing", "staged_dir"]
 
 
 @contextlib.contextmanager
@@ -70,6 +70,12 @@ def check_writable_dir(folder: str | Path) -> Path:
     return folder
 
 
+def refuse_existing(target: str | Path, overwrite: bool, what: str = "folder") -> None:
+    """Raise when ``target`` exists and may not be replaced; callers check before long work."""
+    if Path(target).exists() and not overwrite:
+        raise DataError(f"{target}: already exists; pass --overwrite to replace the {what}, or choose another path")
+
+
 @contextlib.contextmanager
 def staged_dir(target: str | Path, overwrite: bool = False, what: str = "folder") -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; when the block succeeds it becomes ``target``.
@@ -78,8 +84,7 @@ def staged_dir(target: str | Path, overwrite: bool = False, what: str = "folder"
     one is complete (the old one is moved aside first and removed last, so it survives a failure).
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise DataError(f"{target}: already exists; pass --overwrite to replace the {what}, or choose another path")
+    refuse_existing(target, overwrite, what)
     if target.exists() and not target.is_dir():
         raise DataError(f"{target}: is a file, not a {what} folder")
     check_writable_dir(target.parent)

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["PostProcess", "apply", "apply_batch", "remove_small_components"]
+__all__ = ["PostProcess", "apply", "apply_batch", "components", "remove_small_components"]
 
 
 @dataclass
@@ -96,6 +96,14 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     keep[small] = False
     keep[0] = False
     return keep[labels].astype(mask.dtype)
+
+
+def components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """Connected components (8-connected) of a binary (H, W) mask as (x, y, width, height, area)."""
+    if not mask.any():
+        return []
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return [tuple(int(v) for v in stats[i, :5]) for i in range(1, n)]
 
 
 def apply(probs: np.ndarray, pp: PostProcess, gate_probs: np.ndarray | None = None,

@@ -11,7 +11,19 @@ import numpy as np
 
 from steelseg.errors import RLEError
 
-__all__ = ["RLEError", "decode", "encode", "parse", "rle_area"]
+__all__ = ["MAX_RLE_CHARS", "RLEError", "allow_long_csv_fields", "decode", "encode", "parse", "rle_area"]
+
+# A noisy 1600x256 mask has up to 204,800 runs: about 3 MB of text, far past the csv module's
+# default field limit of 128 KiB. Readers of RLE CSVs raise the limit through this one helper.
+MAX_RLE_CHARS = 1 << 26
+
+
+def allow_long_csv_fields() -> None:
+    """Let ``csv`` read RLE fields of any real mask (call before reading a train or submission CSV)."""
+    import csv
+
+    if csv.field_size_limit() < MAX_RLE_CHARS:
+        csv.field_size_limit(MAX_RLE_CHARS)
 
 
 _LUT_CAP = 1 << 20  # numbers below this are formatted from a table (8 bytes each, 8 MiB at most)

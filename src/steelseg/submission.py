@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from steelseg import rle
+from steelseg.fsutil import atomic_write
 
 __all__ = ["SubmissionWriter", "read_submission"]
 
 
 class SubmissionWriter:
-    """Streams rows to ``<path>.partial`` and renames on ``close``: a killed run leaves no half file."""
+    """Streams rows through :func:`steelseg.fsutil.atomic_write`: the file appears complete on
+    ``close`` or not at all (a killed run leaves no half file)."""
 
     def __init__(self, path: str | Path, class_ids: Iterable[int]) -> None:
         self.path = Path(path)
         self.class_ids = list(class_ids)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".partial")
-        self._fh = open(self._tmp, "w", newline="")
+        self._ctx = atomic_write(self.path, "w", newline="")
+        self._fh = self._ctx.__enter__()
         self._w = csv.writer(self._fh, lineterminator="\n")
         self._w.writerow(["ImageId", "EncodedPixels", "ClassId"])
         self.rows = 0
@@ -34,15 +34,15 @@ class SubmissionWriter:
             self.rows += 1
 
     def close(self) -> Path:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self._tmp, self.path)
+        self._ctx.__exit__(None, None, None)
         return self.path
 
     def abort(self) -> None:
-        self._fh.close()
-        self._tmp.unlink(missing_ok=True)
+        err = RuntimeError("submission aborted")
+        try:
+            self._ctx.__exit__(RuntimeError, err, None)
+        except RuntimeError:
+            pass
 
     def __enter__(self) -> SubmissionWriter:
         return self
@@ -56,4 +56,5 @@ class SubmissionWriter:
 
 def read_submission(path: str | Path) -> list[tuple[str, str, int]]:
     with open(path, newline="") as fh:
+        rle.allow_long_csv_fields()
         return [(r["ImageId"], r["EncodedPixels"], int(r["ClassId"])) for r in csv.DictReader(fh)]
