@@ -198,12 +198,17 @@ def _quantize(src: Path, dst: Path, calib: np.ndarray) -> None:
         shutil.copyfile(src, pre)
     import logging
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # per-tensor notes on shape ops
-    # U8S8 (uint8 activations, int8 weights): ONNX Runtime's fast path on x86 with VNNI; S8S8 measured
-    # 2x slower here (bench/inference.py).
-    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    pre.unlink(missing_ok=True)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # the quantiser warns once per shape tensor it leaves alone
+    try:
+        # U8S8 (uint8 activations, int8 weights): ONNX Runtime's fast path on x86 with VNNI; S8S8
+        # measured 2x slower here (docs/results.md).
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+        pre.unlink(missing_ok=True)
 
 
 def _calibration(runner_meta: ModelMeta, images: Sequence[np.ndarray], segment: bool) -> np.ndarray:
