@@ -296,3 +296,23 @@ def test_nan_loss_stops_training(data, tmp_path, capsys, monkeypatch) -> None:
                         "--set", "data.num_workers=0", "--set", "data.crop=null")
     assert "train.lr" in line
     assert not (tmp_path / "runs" / "nan" / "model" / "best.safetensors").exists()
+
+
+def test_tampered_resume_checkpoint_runs_no_code(data, tmp_path, capsys, monkeypatch) -> None:
+    """A pickle that would run code when unpickled is refused, even with weights_only forced off."""
+    import pickle
+
+    run = tmp_path / "runs" / "r"
+    assert run_cli(capsys, "train", ROOT / "configs" / "tiny.yaml", "--data", data, "--out-dir", tmp_path / "runs",
+                   "--name", "r", "--epochs", "1", "--set", "track.mlflow=false", "--set", "data.num_workers=0",
+                   "--set", "data.crop=null")[0] == 0
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (run / "checkpoints" / "last.ckpt").write_bytes(pickle.dumps({"state_dict": Evil()}))
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    expect_error(capsys, "not a plain resume checkpoint, refused", "train", "--resume", run)
+    assert not marker.exists()

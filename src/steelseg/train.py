@@ -457,6 +457,8 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if resume and not ckpt.is_file():
         raise DataError(f"{ckpt}: nothing to resume from (the run saved no checkpoint yet)")
+    if resume:
+        _check_resume_state(ckpt)
     is_worker = bool(os.environ.get(RUN_DIR_ENV)) and os.environ.get("LOCAL_RANK", "0") != "0"
     if not cfg.data.path:
         raise ConfigError("data.path is empty: give the dataset with --data PATH or --set data.path=PATH")
@@ -529,6 +531,17 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
                 if (run_dir / "metrics.csv").is_file():
                     lg.experiment.log_artifact(lg.run_id, str(run_dir / "metrics.csv"))
     return RunResult(run_dir, recorder.best, recorder.best_epoch, monitor)
+
+
+def _check_resume_state(ckpt: Path) -> None:
+    """Refuse a resume checkpoint that holds anything but tensors and plain data (a tampered file
+    could otherwise run code); ``weights_only=True`` wins over $TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD."""
+    try:
+        torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{ckpt}: not a plain resume checkpoint, refused ({first}); it was changed or "
+                        "damaged since steelseg wrote it") from None
 
 
 def fit_from_args(config: str | None, overrides: list[str], resume: str | None) -> RunResult:
