@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -139,6 +140,16 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="steelseg-bench-"))
+    try:
+        run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # models, bundles and data: hundreds of MB
+
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
+    import torch
+
     from steelseg.checkpoint import save_weights, write_model_json
     from steelseg.config import load_config
     from steelseg.export import export_bundle
@@ -150,7 +161,6 @@ def main() -> None:
     from steelseg.synth import SynthConfig, make_dataset
     from steelseg.train import fit
 
-    tmp = Path(tempfile.mkdtemp(prefix="steelseg-bench-"))
     size = dict(height=args.height, width=args.width)
     test = make_dataset(tmp / "test", SynthConfig(images=args.images, seed=11, defect_free=0.5, **size))
     gate_data = make_dataset(tmp / "train", SynthConfig(images=args.train_images, seed=12, defect_free=0.5, **size))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import socket
 import subprocess
 import sys
@@ -150,6 +151,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

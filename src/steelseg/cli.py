@@ -32,10 +32,23 @@ def _class_names(value: str | None) -> list[str] | None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", type=Path, help="dataset folder: Kaggle layout (train.csv + train_images/) "
-                   "or mask-folder layout (JPEGImages/ + SegmentationClass/)")
+    p.add_argument("data", type=Path, help="dataset folder in any layout: kaggle (train.csv + train_images/), "
+                   "masks (JPEGImages/ + SegmentationClass/), folders (one folder per class, masks beside "
+                   "the images), mvtec (train/good, test/<defect>, ground_truth/), coco (a COCO JSON)")
     p.add_argument("--class-names", type=str, default=None,
-                   help="comma-separated class names (default: classes.txt in the dataset, else class1..classC)")
+                   help="comma-separated class names (default: classes.txt, the class folders or COCO "
+                        "categories, else class1..classC)")
+    p.add_argument("--layout", default=None, choices=["kaggle", "masks", "folders", "mvtec", "coco"],
+                   help="force the layout when detection is ambiguous")
+    p.add_argument("--free-dirs", default=None, help="folders layout: comma-separated names of the "
+                   "defect-free folders (default: good, ok, free, normal, defect_free, clean, ...)")
+
+
+def _open(args: argparse.Namespace, progress: bool = False) -> object:
+    from steelseg.datasets import open_dataset
+
+    return open_dataset(args.data, _class_names(args.class_names), progress=progress, layout=args.layout,
+                        free_dirs=_class_names(args.free_dirs))
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser, nargs: str) -> None:
@@ -45,6 +58,12 @@ def _add_pipeline_args(p: argparse.ArgumentParser, nargs: str) -> None:
     p.add_argument("--classifier", action="append", help="gating classifier run folder, repeatable")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--device", default="auto", help="cpu, cuda, auto")
+
+
+def _add_tile_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--tile", type=int, default=None,
+                   help=f"predict images larger than this (pixels) in overlapping tiles, memory bounded ({default})")
+    p.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring tiles (default 128)")
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -73,9 +92,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from steelseg.datasets import open_dataset
-
-    ds = open_dataset(args.data, _class_names(args.class_names), progress=sys.stderr.isatty())
+    ds = _open(args, sys.stderr.isatty())
     s = ds.summary()
     if args.json:
         print(json.dumps(s, indent=2))
@@ -83,7 +100,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"dataset     {s['root']} ({s['layout']} layout)")
     print(f"images      {s['images']}")
     print(f"defect-free {s['defect_free']} ({100 * s['defect_free_share']:.1f}%)")
-    print(f"image size  {', '.join(s['image_sizes'])}")
+    sizes = s["image_sizes"]
+    if len(sizes) > 4:
+        areas = sorted(sizes, key=lambda t: int(t.split("x")[0]) * int(t.split("x")[1]))
+        print(f"image size  {len(sizes)} sizes, from {areas[0]} to {areas[-1]}")
+    else:
+        print(f"image size  {', '.join(sizes)}")
+    if s["skipped"]:
+        shown = ", ".join(s["skipped"][:10]) + (" ..." if len(s["skipped"]) > 10 else "")
+        print(f"warning     skipped {len(s['skipped'])} file(s) that are neither images nor masks: {shown}",
+              file=sys.stderr)
     if s["splits"]:
         print("splits      " + ", ".join(f"{k}: {v}" for k, v in s["splits"].items()))
     print()
@@ -94,19 +120,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from steelseg.datasets import convert_to_kaggle, open_dataset
+    from steelseg.datasets import convert
 
-    ds = open_dataset(args.data, _class_names(args.class_names), progress=sys.stderr.isatty())
-    out = convert_to_kaggle(ds, args.out, progress=sys.stderr.isatty(), overwrite=args.overwrite)
-    print(f"wrote {len(ds.table)} images as a Kaggle layout to {out}")
+    ds = _open(args, sys.stderr.isatty())
+    out = convert(ds, args.out, args.to, progress=sys.stderr.isatty(), overwrite=args.overwrite)
+    print(f"wrote {len(ds.table)} images from the {ds.layout} layout as {args.to} to {out}")
     return 0
 
 
 def cmd_folds(args: argparse.Namespace) -> int:
-    from steelseg.datasets import open_dataset
     from steelseg.folds import make_folds, write_folds
 
-    ds = open_dataset(args.data, _class_names(args.class_names))
+    ds = _open(args)
     folds = make_folds(ds, k=args.k, seed=args.seed)
     out = write_folds(folds, args.out or Path(args.data) / "folds.csv")
     pres = ds.presence()
@@ -213,7 +238,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           "dice_before": report.mean_before, "dice_after": report.mean_after,
                           "per_class_before": report.before, "per_class_after": report.after}}
     out = write_bundle(args.out, args.runs, args.classifier or [], report.chosen, names, args.tta,
-                       extra=extra, overwrite=args.overwrite)
+                       extra=extra, overwrite=args.overwrite, tile=args.tile,
+                       overlap=128 if args.overlap is None else args.overlap)
     print(f"\nbundle written to {out} (predict with: steelseg predict {out} IMAGES --out DIR)")
     return 0
 
@@ -230,7 +256,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         if not args.runs:
             raise SteelsegError("give run folders, or --empty for the all-empty baseline")
         out = write_bundle(args.out, args.runs, args.classifier or [], None, None, args.tta, kind="plain",
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, tile=args.tile,
+                           overlap=128 if args.overlap is None else args.overlap)
     print(f"bundle written to {out}")
     return 0
 
@@ -241,7 +268,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tta = True if args.tta else (False if args.no_tta else None)
     res = predict_folder(args.bundle, args.images, args.out, args.overlays, args.labels, tta,
                          _device(args.device), progress=sys.stderr.isatty(), backend=args.backend,
-                         threads=args.threads, recursive=args.recursive)
+                         threads=args.threads, recursive=args.recursive, tile=args.tile, overlap=args.overlap)
     if res["skipped_files"]:
         print(f"skipped {len(res['skipped_files'])} file(s) or folder(s) that are not images "
               f"(all listed in predict.json): {', '.join(res['skipped_files'][:20])}"
@@ -301,7 +328,8 @@ def cmd_eda(args: argparse.Namespace) -> int:
     from steelseg.eda import run_eda
 
     out = args.out or Path("runs") / ("eda-" + Path(args.data).resolve().name)
-    s = run_eda(args.data, out, _class_names(args.class_names), args.sample, args.seed, progress=sys.stderr.isatty())
+    s = run_eda(args.data, out, _class_names(args.class_names), args.sample, args.seed, progress=sys.stderr.isatty(),
+                layout=args.layout, free_dirs=_class_names(args.free_dirs))
     print(f"{s['images']} images, {100 * s['defect_free_share']:.1f}% defect-free, "
           f"all-empty Kaggle Dice {s['all_empty_dice']:.4f}")
     print(f"report: {Path(out) / 'index.html'}\nnumbers: {Path(out) / 'summary.json'}")
@@ -357,10 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("convert", help="write any supported dataset as a Kaggle layout",
-                       description="Copy images to OUT/train_images and write OUT/train.csv "
-                                   "(ImageId,ClassId,EncodedPixels), classes.txt and splits/.")
+    p = sub.add_parser("convert", help="write any supported dataset in another layout (kaggle, masks, coco)",
+                       description="Convert a dataset between layouts, masks carried losslessly: kaggle "
+                                   "(train_images/ + train.csv + classes.txt + splits/), masks (VOC-style "
+                                   "JPEGImages/ + SegmentationClass/; one class per pixel) or coco (images/ + "
+                                   "annotations.json with RLE masks, for labelling tools).")
     _add_data_args(p)
+    p.add_argument("--to", default="kaggle", choices=["kaggle", "masks", "coco"], help="target layout (default kaggle)")
     p.add_argument("out", type=Path, help="output folder (built beside, swapped in when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_convert)
@@ -420,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-dir", default=None, help="saved predictions (default RUN/eval-SPLIT)")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (swapped in when complete)")
+    _add_tile_args(p, "saved in the bundle; default: whole images")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bundle", help="pack models without tuning (plain baseline) or the all-empty baseline",
@@ -432,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="use flip TTA when predicting")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (swapped in when complete)")
+    _add_tile_args(p, "saved in the bundle; default: whole images")
     p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("predict", help="predict a folder of images to submission.csv (+ overlays)",
@@ -447,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, auto")
     p.add_argument("--recursive", action="store_true",
                    help="read subfolders too (ImageId is then the path under IMAGES, e.g. line2/a.jpg)")
+    _add_tile_args(p, "default: the bundle's setting, else whole images")
     _add_backend_args(p)
     p.set_defaults(func=cmd_predict)
 

@@ -24,6 +24,7 @@ __all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrackConfig", "TrainConfig
 class DataConfig:
     path: str = ""  # dataset folder (Kaggle layout or mask folders)
     class_names: list[str] | None = None  # default: classes.txt in the dataset, else class1..C
+    layout: str | None = None  # kaggle | masks | folders | mvtec | coco; default: detected from the files
     folds: str | None = None  # folds CSV (steelseg folds); with `fold` picks the validation fold
     fold: int = 0
     train_split: str | None = None  # or the dataset's own split lists (e.g. NEU-Seg train / val)

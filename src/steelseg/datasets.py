@@ -32,6 +32,7 @@ from steelseg.images import InputSpec, image_size, list_images, normalize, read_
 __all__ = [
     "DefectDataset",
     "SegmentationSamples",
+    "convert",
     "convert_to_kaggle",
     "one_hot",
     "open_dataset",
@@ -74,6 +75,8 @@ class DefectDataset:
     splits: dict[str, list[str]] = field(default_factory=dict)
     rles: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)
     mask_paths: dict[str, Path] = field(default_factory=dict, repr=False)
+    mask_items: dict[str, list] = field(default_factory=dict, repr=False)  # folders / mvtec / coco sources
+    skipped: list[str] = field(default_factory=list, repr=False)  # files the reader did not take, by name
     _idx: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -118,6 +121,13 @@ class DefectDataset:
                 if code:
                     out[..., c - 1] = rle.decode(code, (h, w))
             return out
+        if self.layout in ("folders", "mvtec", "coco"):
+            from steelseg.layouts import decode_item
+
+            out = np.zeros((h, w, self.num_classes), np.uint8)
+            for c, *item in self.mask_items.get(image_id, []):
+                out[..., c] |= decode_item(tuple(item), (h, w)).astype(np.uint8)  # type: ignore[arg-type]
+            return out
         labels = _read_label_png(self.mask_paths[image_id], (h, w), self.num_classes)
         return one_hot(labels, self.num_classes)
 
@@ -158,6 +168,7 @@ class DefectDataset:
             "defect_free": int((~pres.any(axis=1)).sum()),
             "defect_free_share": float((~pres.any(axis=1)).mean()) if len(pres) else 0.0,
             "image_sizes": [f"{w}x{h}" for h, w in sizes],
+            "skipped": list(self.skipped),
             "splits": {k: len(v) for k, v in self.splits.items()},
             "classes": [
                 {
@@ -381,15 +392,39 @@ def _open_masks(root: Path, class_names: list[str] | None, progress: bool,
                          splits, mask_paths={k: masks[k] for k in images})
 
 
+BUILTIN_LAYOUTS = ("kaggle", "masks")
+
+
+def _detected(root: Path, csv_path: Path) -> list[str]:
+    from steelseg.layouts import LAYOUTS
+
+    found = []
+    if csv_path.is_file():
+        found.append("kaggle")
+    if (root / "SegmentationClass").is_dir() or (root / "JPEGImages").is_dir():
+        found.append("masks")
+    if found:  # the two built-in layouts are unambiguous by their file names
+        return found
+    hits = [name for name, (detect, _) in LAYOUTS.items() if detect(root)]
+    # a COCO JSON or MVTec's folder names are specific; plain class folders are what is left
+    specific = [h for h in hits if h != "folders"]
+    return specific or hits
+
+
 def open_dataset(path: str | Path, class_names: Sequence[str] | None = None,
                  progress: bool = False,
-                 mask_visitor: Callable[[str, np.ndarray], None] | None = None) -> DefectDataset:
-    """Open a dataset in either supported layout, detected from what is on disk.
+                 mask_visitor: Callable[[str, np.ndarray], None] | None = None,
+                 layout: str | None = None, free_dirs: Sequence[str] | None = None) -> DefectDataset:
+    """Open a dataset in any supported layout, detected from what is on disk (or ``layout``).
 
-    ``path`` is the dataset folder (or a Kaggle CSV beside its ``train_images/``). In the mask-folder
-    layout every mask is decoded once to count areas; ``mask_visitor(image_id, labels)`` sees each
-    label map then, so callers that need more mask statistics (EDA) need no second decode.
+    Layouts: ``kaggle`` (train.csv + train_images/), ``masks`` (VOC-style), and those of
+    :mod:`steelseg.layouts`: ``folders`` (class folders), ``mvtec``, ``coco``. ``path`` is the
+    dataset folder (or a Kaggle CSV, or a COCO JSON). In the mask-folder layout every mask is decoded
+    once to count areas; ``mask_visitor(image_id, labels)`` sees each label map then, so callers that
+    need more mask statistics (EDA) need no second decode.
     """
+    from steelseg.layouts import LAYOUTS
+
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: dataset path does not exist")
@@ -397,15 +432,28 @@ def open_dataset(path: str | Path, class_names: Sequence[str] | None = None,
         root, csv_path = p.parent, p
     else:
         root, csv_path = p, p / "train.csv"
-    names = list(class_names) if class_names else _read_class_names(root)
-    if csv_path.is_file():
+    names = list(class_names) if class_names else _read_class_names(root if root.is_dir() else root.parent)
+    known = list(BUILTIN_LAYOUTS) + list(LAYOUTS)
+    if layout is not None and layout not in known:
+        raise DataError(f"--layout {layout!r}: not one of {', '.join(known)}")
+    found = [layout] if layout else _detected(root, csv_path)
+    if len(found) > 1:
+        raise DataError(f"{p}: looks like several layouts ({', '.join(found)}); choose one with --layout")
+    if not found:
+        raise DataError(
+            f"{p}: no dataset found; expected train.csv + train_images/ (kaggle), JPEGImages/ + "
+            "SegmentationClass/ (masks), one folder per class with masks beside the images (folders), "
+            "train/good + test/<defect> + ground_truth/ (mvtec), or a COCO JSON (coco)"
+        )
+    kind = found[0]
+    if kind == "kaggle":
+        if not csv_path.is_file():
+            raise DataError(f"{csv_path}: missing (the kaggle layout needs train.csv beside train_images/)")
         return _open_kaggle(root, csv_path, names, root / "train_images", progress)
-    if (root / "SegmentationClass").is_dir() or (root / "JPEGImages").is_dir():
+    if kind == "masks":
         return _open_masks(root, names, progress, mask_visitor)
-    raise DataError(
-        f"{p}: no dataset found; expected train.csv + train_images/ (Kaggle layout) or "
-        "JPEGImages/ + SegmentationClass/ (mask-folder layout)"
-    )
+    reader = LAYOUTS[kind][1]
+    return reader(root, names, progress, free_dirs) if kind == "folders" else reader(root, names, progress)
 
 
 def write_kaggle_csv(path: str | Path, rows: list[tuple[str, int, str]]) -> None:
@@ -416,43 +464,60 @@ def write_kaggle_csv(path: str | Path, rows: list[tuple[str, int, str]]) -> None
         w.writerows(rows)
 
 
-def convert_to_kaggle(src: DefectDataset, dst: str | Path, progress: bool = False,
-                      overwrite: bool = False) -> Path:
-    """Write any dataset as a Kaggle layout: train_images/, train.csv, classes.txt, splits/.
+CONVERT_TARGETS = ("kaggle", "masks", "coco")
+
+
+def convert(src: DefectDataset, dst: str | Path, to: str = "kaggle", progress: bool = False,
+            overwrite: bool = False) -> Path:
+    """Write any dataset in the ``to`` layout (kaggle, masks or coco); masks are carried losslessly.
 
     The new folder is built beside ``dst`` and swapped in when complete; an existing ``dst`` is
-    refused unless ``overwrite``, and never when it is the source itself.
+    refused unless ``overwrite``, and never when it is the source itself (or inside it).
     """
+    from steelseg.layouts import write_coco, write_masks
+
+    if to not in CONVERT_TARGETS:
+        raise DataError(f"--to {to!r}: not one of {', '.join(CONVERT_TARGETS)}")
     dst = Path(dst)
-    if dst.resolve() == Path(src.root).resolve() or Path(src.root).resolve() in dst.resolve().parents:
+    src_root = Path(src.root).resolve()
+    if dst.resolve() == src_root or src_root in dst.resolve().parents:
         raise DataError(f"{dst}: is the source dataset (or inside it); write the conversion elsewhere")
-    names: dict[str, str] = {}
-    for image_id, path in zip(src.table["image_id"], src.table["path"]):
-        name = Path(path).name
-        if name in names:
-            raise DataError(f"{path}: two images would be written as {name!r} ({names[name]} and {image_id})")
-        names[name] = image_id
     with staged_dir(dst, overwrite, "dataset") as stage:
-        img_dir = stage / "train_images"
-        img_dir.mkdir()
-        rows: list[tuple[str, int, str]] = []
-        renamed: dict[str, str] = {}
-        for image_id, path in _progress(zip(src.table["image_id"], src.table["path"]), len(src.table),
-                                        "converting", progress):
-            name = Path(path).name
-            renamed[image_id] = name
-            shutil.copyfile(path, img_dir / name)
-            mask = src.load_mask(image_id)
-            for c in range(src.num_classes):
-                if mask[..., c].any():
-                    rows.append((name, c + 1, rle.encode(mask[..., c])))
-        write_kaggle_csv(stage / "train.csv", rows)
-        atomic_text(stage / "classes.txt", "\n".join(src.class_names) + "\n")
-        if src.splits:
-            (stage / "splits").mkdir()
-            for name, ids in src.splits.items():
-                atomic_text(stage / "splits" / f"{name}.txt", "".join(renamed[i] + "\n" for i in ids))
+        if to == "kaggle":
+            _write_kaggle(src, stage, progress)
+        elif to == "masks":
+            write_masks(src, stage, progress)
+        else:
+            write_coco(src, stage, progress)
     return dst
+
+
+def convert_to_kaggle(src: DefectDataset, dst: str | Path, progress: bool = False,
+                      overwrite: bool = False) -> Path:
+    """Write any dataset as a Kaggle layout: train_images/, train.csv, classes.txt, splits/."""
+    return convert(src, dst, "kaggle", progress, overwrite)
+
+
+def _write_kaggle(src: DefectDataset, stage: Path, progress: bool) -> None:
+    from steelseg.layouts import flat_names
+
+    names = flat_names(src)
+    img_dir = stage / "train_images"
+    img_dir.mkdir()
+    rows: list[tuple[str, int, str]] = []
+    for image_id in _progress(src.image_ids, len(src.table), "converting", progress):
+        name = names[image_id]
+        shutil.copyfile(src.row(image_id)["path"], img_dir / name)
+        mask = src.load_mask(image_id)
+        for c in range(src.num_classes):
+            if mask[..., c].any():
+                rows.append((name, c + 1, rle.encode(mask[..., c])))
+    write_kaggle_csv(stage / "train.csv", rows)
+    atomic_text(stage / "classes.txt", "\n".join(src.class_names) + "\n")
+    if src.splits:
+        (stage / "splits").mkdir()
+        for split, ids in src.splits.items():
+            atomic_text(stage / "splits" / f"{split}.txt", "".join(names[i] + "\n" for i in ids))
 
 
 class SegmentationSamples:

@@ -71,7 +71,8 @@ def _fig(path: Path, fig: Any) -> str:
 
 
 def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = None, sample: int | None = None,
-            seed: int = 0, progress: bool = False) -> dict[str, Any]:
+            seed: int = 0, progress: bool = False, layout: str | None = None,
+            free_dirs: list[str] | None = None) -> dict[str, Any]:
     """Build the report; returns the summary dict also written to ``summary.json``."""
     if sample is not None and sample < 1:
         raise DataError(f"--sample {sample}: must be >= 1 (or left out for every image)")
@@ -98,7 +99,7 @@ def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = N
                 for key in keys:
                     quota[key] = quota.get(key, 0) + 1
 
-    ds = open_dataset(data, class_names, progress=progress, mask_visitor=visit)
+    ds = open_dataset(data, class_names, progress=progress, mask_visitor=visit, layout=layout, free_dirs=free_dirs)
     sampled = sample is not None and sample < len(ds.table)
     if sampled:
         rng = np.random.default_rng(seed)

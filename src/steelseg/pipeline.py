@@ -72,6 +72,8 @@ class Predictor:
     batch_size: int = 4
     empty: bool = False  # the all-empty baseline: predicts no defect anywhere
     backend: str = "torch"
+    tile: int | None = None  # images taller or wider than this are predicted in overlapping tiles
+    overlap: int = 128  # pixels shared by neighbouring tiles, blended with linear ramps
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -104,8 +106,10 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu", tta: bool | None = None,
-                    backend: str | None = None, threads: int | None = None) -> Predictor:
-        """Load a bundle; ``backend`` (torch / onnx) defaults to what its model files are."""
+                    backend: str | None = None, threads: int | None = None, tile: int | None = None,
+                    overlap: int | None = None) -> Predictor:
+        """Load a bundle; ``backend`` (torch / onnx) defaults to what its model files are; ``tile`` /
+        ``overlap`` default to the bundle's setting (none: whole images)."""
         path = Path(path)
         info = read_bundle(path)
         pp = postprocess.PostProcess.load(path / "postprocess.json")
@@ -127,6 +131,11 @@ class Predictor:
         if pred.class_names != info.class_names:
             raise DataError(f"{path / BUNDLE_JSON}: class_names {info.class_names} differ from the models' "
                             f"{pred.class_names}")
+        pred.tile = tile if tile is not None else info.tile
+        pred.overlap = overlap if overlap is not None else info.overlap
+        if pred.tile is not None and not (64 <= pred.tile <= 16384 and 0 <= pred.overlap < pred.tile // 2 + 1):
+            raise DataError(f"tile {pred.tile}, overlap {pred.overlap}: tile must be 64..16384 and overlap at "
+                            "most half of it")
         return pred
 
     # ---- inference ----------------------------------------------------------------------------
@@ -154,10 +163,14 @@ class Predictor:
         return np.ascontiguousarray(total / n, np.float32)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Predict a list of (H, W) or (H, W, 3) uint8 images (sizes may differ)."""
+        """Predict a list of (H, W) or (H, W, 3) uint8 images (sizes may differ); images larger than
+        ``tile`` go through :meth:`predict_tiled`."""
         results: list[Prediction | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
+            if self.tile and max(img.shape[:2]) > self.tile and not self.empty:
+                results[i] = self.predict_tiled(img)
+                continue
             groups.setdefault(img.shape[:2], []).append(i)
         for shape, idx in groups.items():
             for start in range(0, len(idx), self.batch_size):
@@ -165,6 +178,46 @@ class Predictor:
                 for i, pred in zip(chunk, self._predict_same_size([images[j] for j in chunk], shape)):
                     results[i] = pred
         return [r for r in results if r is not None]
+
+    def predict_tiled(self, image: np.ndarray) -> Prediction:
+        """One large image in overlapping ``tile`` x ``tile`` windows: memory stays that of a tile.
+
+        Segmenter probabilities are blended with weights that ramp linearly over the overlap (no
+        seams); classifier probabilities are the maximum over tiles (a defect anywhere counts).
+        """
+        tile = int(self.tile or max(image.shape[:2]))
+        overlap = max(0, min(self.overlap, tile // 2))
+        h, w = image.shape[:2]
+        th, tw = min(tile, h), min(tile, w)
+        ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
+        boxes = [(y, x) for y in ys for x in xs]
+        k = self.num_classes
+        gate = gate_any = None
+        run_seg = True
+        if self.classifiers:
+            g = None
+            for i in range(0, len(boxes), self.batch_size):
+                crops = [image[y:y + th, x:x + tw] for y, x in boxes[i:i + self.batch_size]]
+                part = self._run(self.classifiers, crops, False).max(axis=0)
+                g = part if g is None else np.maximum(g, part)
+            gate_any = float(g.max())
+            gate = g if g.shape[0] == k else np.repeat(gate_any, k)
+            if self.pp is not None and self.pp.gate_any is not None:
+                run_seg = gate_any >= self.pp.gate_any
+        probs = np.zeros((k, h, w), np.float32)
+        if run_seg:
+            weight = np.zeros((h, w), np.float32)
+            ramp = np.outer(_ramp(th, overlap), _ramp(tw, overlap)).astype(np.float32)
+            for i in range(0, len(boxes), self.batch_size):
+                chunk = boxes[i:i + self.batch_size]
+                out = self._run(self.segmenters, [image[y:y + th, x:x + tw] for y, x in chunk], self.tta)
+                for (y, x), p in zip(chunk, out):
+                    probs[:, y:y + th, x:x + tw] += p * ramp
+                    weight[y:y + th, x:x + tw] += ramp
+            probs /= weight
+        probs = probs.transpose(1, 2, 0)
+        masks = postprocess.apply(probs, self.pp, gate, gate_any)
+        return Prediction(probs, masks, gate, gate_any, not run_seg)
 
     def _predict_same_size(self, images: Sequence[np.ndarray], shape: tuple[int, int]) -> list[Prediction]:
         k = self.num_classes
@@ -213,6 +266,22 @@ class Predictor:
             bar.close()
 
 
+def _starts(length: int, size: int, overlap: int) -> list[int]:
+    """Window starts covering 0..length with windows of ``size`` overlapping by at least ``overlap``."""
+    if length <= size:
+        return [0]
+    step = max(1, size - overlap)
+    starts = list(range(0, length - size, step))
+    return starts + [length - size]
+
+
+def _ramp(size: int, overlap: int) -> np.ndarray:
+    """1 inside, rising linearly over ``overlap`` pixels at both ends (never 0: borders need weight)."""
+    i = np.arange(size, dtype=np.float32)
+    edge = np.minimum(i + 1, size - i)
+    return np.clip(edge / max(overlap, 1), 1.0 / max(overlap, 1), 1.0)
+
+
 def _bundle_backend(folders: Sequence[Path]) -> str:
     """The one backend all model folders share; a bundle that mixes formats is refused by name."""
     formats = {d: model_format(d) for d in folders}
@@ -257,7 +326,7 @@ def _copy_model(src: Path, dst: Path) -> list[str]:
 def write_bundle(out: str | Path, segmenters: Sequence[str | Path], classifiers: Sequence[str | Path] = (),
                  pp: postprocess.PostProcess | None = None, class_names: Sequence[str] | None = None,
                  tta: bool = False, kind: str = "pipeline", extra: dict[str, Any] | None = None,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, tile: int | None = None, overlap: int = 128) -> Path:
     """Copy model folders (model.json + weights) and post-processing into a bundle.
 
     The bundle is built in a folder beside ``out`` and swapped in only when complete; an existing
@@ -282,7 +351,8 @@ def write_bundle(out: str | Path, segmenters: Sequence[str | Path], classifiers:
         pp.save(stage / "postprocess.json")
         info = build(BundleInfo, {"kind": kind, "class_names": list(names), "tta": tta,
                                   "segmenters": len(segmenters), "classifiers": len(classifiers),
-                                  "backend": backend, **(extra or {})}, "bundle.json: ")
+                                  "backend": backend, "tile": tile, "overlap": overlap, **(extra or {})},
+                     "bundle.json: ")
         atomic_json(stage / BUNDLE_JSON, to_dict(info))
     return out
 
@@ -304,7 +374,8 @@ def _image_ids(images: Sequence[Path], root: Path) -> list[str]:
 def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, overlays: bool = False,
                    labels: str | Path | None = None, tta: bool | None = None, device: str = "cpu",
                    progress: bool = False, min_size: int = 16, backend: str | None = None,
-                   threads: int | None = None, recursive: bool = False) -> dict[str, Any]:
+                   threads: int | None = None, recursive: bool = False, tile: int | None = None,
+                   overlap: int | None = None) -> dict[str, Any]:
     """Write ``out/submission.csv`` (and overlays) for every image in ``images_dir``.
 
     Files that are not images, and subfolders unless ``recursive``, are listed as skipped. Overlays
@@ -316,7 +387,8 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
     from steelseg.datasets import open_dataset
     from steelseg.submission import SubmissionWriter
 
-    predictor = Predictor.from_bundle(bundle, device=device, tta=tta, backend=backend, threads=threads)
+    predictor = Predictor.from_bundle(bundle, device=device, tta=tta, backend=backend, threads=threads, tile=tile,
+                                      overlap=overlap)
     images_dir = Path(images_dir)
     images, others = list_images(images_dir, recursive=recursive)
     if not images:

@@ -279,6 +279,8 @@ class BundleInfo:
     backend: str = "torch"
     tuned_on: dict[str, Any] | None = None
     export: dict[str, Any] | None = None
+    tile: int | None = None  # predict images larger than this in overlapping tiles
+    overlap: int = 128
 
     def __post_init__(self) -> None:
         if self.format != BUNDLE_FORMAT:
@@ -291,5 +293,9 @@ class BundleInfo:
             raise ValueError("class_names: empty")
         if self.segmenters < 0 or self.classifiers < 0:
             raise ValueError("segmenters / classifiers: counts must be >= 0")
+        if self.tile is not None and not 64 <= self.tile <= 16384:
+            raise ValueError(f"tile: {self.tile}; must be 64..16384 pixels (or null)")
+        if not 0 <= self.overlap <= 8192:
+            raise ValueError(f"overlap: {self.overlap}; must be 0..8192 pixels")
         if self.kind != "all-empty" and self.segmenters < 1:
             raise ValueError(f"segmenters: {self.segmenters}; a {self.kind} bundle needs at least one")

@@ -353,6 +353,12 @@ def make_loaders(cfg: RunConfig, train_ds: DefectDataset, val_ds: DefectDataset)
     from steelseg.augment import train_transform
 
     d = cfg.data
+    train_sizes = set(zip(train_ds.table["height"], train_ds.table["width"]))
+    if len(train_sizes) > 1 and not d.crop:
+        raise ConfigError(f"{d.path}: training images come in {len(train_sizes)} sizes; set data.crop: [h, w] "
+                          "so batches share one size (smaller images are padded)")
+    # Validation runs at full size: images of several sizes go one at a time.
+    mixed_val = len(set(zip(val_ds.table["height"], val_ds.table["width"]))) > 1
     kw = {"channels": d.channels, "mean": d.mean, "std": d.std}
     train_set = SegmentationSamples(train_ds, train_transform(d), **kw)
     val_set = SegmentationSamples(val_ds, None, **kw)
@@ -364,7 +370,8 @@ def make_loaders(cfg: RunConfig, train_ds: DefectDataset, val_ds: DefectDataset)
               "pin_memory": torch.cuda.is_available()}
     train = DataLoader(train_set, batch_size=d.batch_size, shuffle=sampler is None, sampler=sampler,
                        drop_last=len(train_set) > d.batch_size, **common)
-    val = DataLoader(val_set, batch_size=d.val_batch_size or d.batch_size, shuffle=False, **common)
+    val = DataLoader(val_set, batch_size=1 if mixed_val else (d.val_batch_size or d.batch_size), shuffle=False,
+                     **common)
     return train, val
 
 
@@ -463,7 +470,7 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     if not cfg.data.path:
         raise ConfigError("data.path is empty: give the dataset with --data PATH or --set data.path=PATH")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    ds = open_dataset(cfg.data.path, cfg.data.class_names)  # bad data fails before a run folder exists
+    ds = open_dataset(cfg.data.path, cfg.data.class_names, layout=cfg.data.layout)  # bad data fails before a run folder exists
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers re-run this command and read it
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
     train_ids, val_ids, how = resolve_split(cfg, ds, None if is_worker else run_dir)
