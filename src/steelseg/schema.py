@@ -108,8 +108,19 @@ def build(cls: type[T], values: dict[str, Any] | None, where: str = "",
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass as plain JSON-ready data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(obj)))
+    """A dataclass as plain JSON-ready data: tuples become lists, NaN / infinity (a metric with no
+    data, say) become null, so the file is standard JSON."""
+    return _finite_only(json.loads(json.dumps(dataclasses.asdict(obj))))
+
+
+def _finite_only(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_only(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_only(v) for v in value]
+    return value
 
 
 def load_json(path: str | Path, cls: type[T]) -> T:
