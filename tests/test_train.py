@@ -268,3 +268,31 @@ def test_tiny_segmenter_beats_all_empty(tmp_path) -> None:
     empty = metrics.kaggle_dice(np.zeros_like(true), true).mean
     assert empty == pytest.approx(float((~held.presence()).mean()))
     assert score > empty + 0.01, (score, empty)
+
+
+def test_runs_table_and_compare(synth_small, tmp_path, capsys) -> None:
+    from steelseg.cli import main
+
+    out = tmp_path / "runs"
+    for name, lr in (("a", "0.01"), ("b", "0.003")):
+        fit(tiny_cfg(synth_small, out, TINY_DEC, "train.epochs=2", "train.limit_train_batches=2",
+                     f"train.lr={lr}", f"name={name}"))
+    capsys.readouterr()
+    assert main(["runs", str(out), "--sort", "dice", "--md", str(tmp_path / "t.md"), "--csv", str(tmp_path / "t.csv"),
+                 "--all"]) == 0
+    text = capsys.readouterr().out
+    assert "dice_pits" in text and text.count("unet") == 2
+    with open(tmp_path / "t.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:  # the table's numbers are the run's metrics.csv
+        metrics = read_metrics(out / row["name"])
+        best = max(metrics, key=lambda r: float(r["val/dice"]))
+        assert abs(float(row["dice"]) - float(best["val/dice"])) < 1e-9
+        assert int(row["epochs"]) == 2 and int(row["best_epoch"]) == int(best["epoch"]) + 1
+    assert float(rows[0]["dice"]) >= float(rows[1]["dice"])
+    assert (tmp_path / "t.md").read_text().startswith("| name |")
+    assert main(["runs", str(out), "--where", "name=b"]) == 0
+    assert capsys.readouterr().out.count("\nb ") == 1
+    assert main(["runs", "--compare", str(out / "a"), str(out / "b")]) == 0
+    cmp = capsys.readouterr().out
+    assert "train.lr" in cmp and "0.01" in cmp and "0.003" in cmp and "data.path" not in cmp

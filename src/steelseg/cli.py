@@ -324,6 +324,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from steelseg import runs
+
+    if args.compare:
+        a, b = (Path(x) for x in args.compare)
+        diff, metrics = runs.compare(a, b)
+        print(f"config: what differs between {a.name} and {b.name}")
+        print(_table(["key", a.name, b.name], [(k, x, y) for k, x, y in diff] or [("(nothing)", "", "")]))
+        print()
+        print(_table(["metric", a.name, b.name], [(k, runs._cell(x), runs._cell(y)) for k, x, y in metrics]))
+        return 0
+    rows = runs.filter_sort([runs.run_row(r) for r in runs.find_runs(args.root)], args.where, args.sort,
+                            args.ascending)
+    if args.csv:
+        runs.write_csv(rows, args.csv)
+        print(f"wrote {args.csv}")
+    if args.md:
+        from steelseg.fsutil import atomic_text
+
+        atomic_text(args.md, runs.to_markdown(rows))
+        print(f"wrote {args.md}")
+    if not rows:
+        print(f"no runs under {args.root}")
+        return 0
+    cols = runs.columns_of(rows) if args.all else runs.COLUMNS
+    print(_table(cols, [[runs._cell(r.get(c)) for c in cols] for r in rows]))
+    return 0
+
+
 def cmd_eda(args: argparse.Namespace) -> int:
     from steelseg.eda import run_eda
 
@@ -507,6 +536,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bundle")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("runs", help="table of training runs (sort, filter, CSV / Markdown), or compare two",
+                       description="One row per run folder under ROOT, read from the files each run wrote "
+                                   "(config.yaml, metrics.csv): data, task, arch, encoder, weights, epochs, "
+                                   "steps, minutes, images/s, best epoch and its validation Dice / mIoU / AUC "
+                                   "(--all adds per-class scores). --compare A B shows what differs between two "
+                                   "runs' configs and their metrics side by side.",
+                       epilog="examples:\n  steelseg runs --sort -miou --where encoder=resnet18\n"
+                              "  steelseg runs runs/ --md docs/neu_table.md --all\n"
+                              "  steelseg runs --compare runs/neu-scratch runs/neu-lite0",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", nargs="?", default="runs", help="folder holding run folders (default runs/)")
+    p.add_argument("--sort", default=None, help="column to sort by, highest first (e.g. miou, dice, minutes)")
+    p.add_argument("--ascending", action="store_true", help="sort lowest first")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE", help="keep rows whose column equals VALUE")
+    p.add_argument("--all", action="store_true", help="show per-class columns too")
+    p.add_argument("--csv", default=None, help="also write the table as CSV")
+    p.add_argument("--md", default=None, help="also write the table as Markdown")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two run folders")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("serve", help="run the HTTP service with a review page (FastAPI)",
                        description="Serve BUNDLE over HTTP: POST /v1/predict (one image), /v1/predict/batch, "

@@ -209,6 +209,12 @@ def _check_ranges(cfg: RunConfig) -> None:
         check_model_kwargs(cfg.model.task, cfg.model.kwargs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    from steelseg.pretrained import required_normalisation
+
+    need = required_normalisation(cfg.model.encoder_weights)
+    if need and (any(v != need[0] for v in d.mean) or any(v != need[1] for v in d.std)):
+        raise ConfigError(f"model.encoder_weights {cfg.model.encoder_weights} were trained on pixels scaled to "
+                          f"[-1, 1]: set data.mean: {[need[0]] * d.channels} and data.std: {[need[1]] * d.channels}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

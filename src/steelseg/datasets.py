@@ -106,7 +106,7 @@ class DefectDataset:
             self._idx = {k: i for i, k in enumerate(self.table["image_id"])}
         return self._idx
 
-    def load_image(self, image_id: str, channels: int = 1) -> np.ndarray:
+    def load_image(self, image_id: str, channels: int | None = 1) -> np.ndarray:
         """uint8 (H, W) or (H, W, 3), read through :func:`steelseg.images.read_image`."""
         return read_image(self.row(image_id)["path"], channels)
 

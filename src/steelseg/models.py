@@ -106,12 +106,20 @@ def create_segmenter(arch: str, encoder: str, classes: int, in_channels: int = 1
                      encoder_weights: str | None = None, per_class: bool = False,
                      **kwargs: Any) -> Segmenter:
     """A segmenter with ``classes`` sigmoid outputs; ``per_class`` builds one binary model per class."""
+    from steelseg.pretrained import is_local, load_pretrained, pretrained_state
+
     check_model_names("segment", arch, encoder)
     kwargs = _checked_kwargs("segment", kwargs)
+    hub = None if is_local(encoder_weights) else encoder_weights  # files and packages load below
     if per_class:
-        members = [_smp_model(arch, encoder, 1, in_channels, encoder_weights, **kwargs) for _ in range(classes)]
+        members = [_smp_model(arch, encoder, 1, in_channels, hub, **kwargs) for _ in range(classes)]
     else:
-        members = [_smp_model(arch, encoder, classes, in_channels, encoder_weights, **kwargs)]
+        members = [_smp_model(arch, encoder, classes, in_channels, hub, **kwargs)]
+    if is_local(encoder_weights):
+        state = pretrained_state(str(encoder_weights), encoder)
+        for m in members:
+            target = m.encoder.model if encoder.startswith("tu-") else m.encoder
+            load_pretrained(target, state, f"encoder {encoder}", in_channels)
     return Segmenter(members)
 
 
@@ -120,11 +128,16 @@ def create_classifier(encoder: str, classes: int, in_channels: int = 1,
     """A timm classifier with ``classes`` sigmoid outputs (1 = defect / no defect, K = multi-label)."""
     import timm
 
+    from steelseg.pretrained import is_local, load_pretrained, pretrained_state
+
     name = encoder[3:] if encoder.startswith("tu-") else encoder
     check_model_names("classify", "", name)
     kwargs = _checked_kwargs("classify", kwargs)
-    return timm.create_model(name, pretrained=encoder_weights == "imagenet", num_classes=classes,
-                             in_chans=in_channels, **kwargs)
+    model = timm.create_model(name, pretrained=encoder_weights == "imagenet", num_classes=classes,
+                              in_chans=in_channels, **kwargs)
+    if is_local(encoder_weights):  # the head keeps its fresh weights when the class count differs
+        load_pretrained(model, pretrained_state(str(encoder_weights), name), f"classifier {name}", in_channels)
+    return model
 
 
 def create_model(spec: ModelSpec) -> nn.Module:

@@ -440,9 +440,12 @@ def _model_meta(cfg: RunConfig, ds: DefectDataset, split_how: str) -> ModelMeta:
                      encoder_weights_at_init=m.encoder_weights)
     inp = InputMeta(channels=cfg.data.channels, mean=list(cfg.data.mean), std=list(cfg.data.std), scale=1 / 255,
                     image_size=list(sizes[0]) if len(sizes) == 1 else None, train_crop=cfg.data.crop)
+    from steelseg.pretrained import describe
+
     return ModelMeta(model=spec, class_names=list(ds.class_names), input=inp, steelseg_version=__version__,
                      thresholds={"pixel": [0.5] * len(ds.class_names)},
-                     trained_on={"data": cfg.data.path, "split": split_how})
+                     trained_on={"data": cfg.data.path, "split": split_how,
+                                 "init_weights": describe(m.encoder_weights)})
 
 
 def fit(cfg: RunConfig, resume: str | Path | None = None, progress: bool | None = None,

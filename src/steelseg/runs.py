@@ -1,0 +1,149 @@
+"""The table of runs: every run folder under a root, one row each, from the files the run wrote
+(config.yaml, metrics.csv, model/model.json), so it works offline and without a tracking server.
+
+``steelseg runs [ROOT] [--sort KEY] [--where KEY=VALUE] [--csv F] [--md F]`` and
+``steelseg runs --compare A B`` (configs side by side, only what differs, with their metrics).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from steelseg.errors import DataError
+
+__all__ = ["COLUMNS", "compare", "find_runs", "run_row", "to_markdown"]
+
+COLUMNS = ["name", "data", "task", "arch", "encoder", "weights", "epochs", "steps", "minutes", "img_per_s",
+           "best_epoch", "dice", "miou", "auc"]
+
+
+def _metrics(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def run_row(run: Path) -> dict[str, Any]:
+    """One run folder -> its row: what was trained, how long, and the best validation scores."""
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise DataError(f"{run}: not a run folder (no config.yaml)")
+    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    data, model, train = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
+    rows = _metrics(run / "metrics.csv")
+    monitor = train.get("monitor") or ("val/dice" if model.get("task", "segment") == "segment" else "val/auc")
+    best = max(rows, key=lambda r: _num(r.get(monitor)) if _num(r.get(monitor)) is not None else -math.inf,
+               default=None)
+    seconds = sum(_num(r.get("seconds")) or 0.0 for r in rows)
+    steps = int(_num(rows[-1].get("step")) or 0) if rows else 0
+    batch = int(data.get("batch_size") or 0) * int(train.get("accumulate") or 1)
+    out: dict[str, Any] = {
+        "name": run.name, "data": Path(str(data.get("path", ""))).name, "task": model.get("task"),
+        "arch": model.get("arch") if model.get("task") == "segment" else "-", "encoder": model.get("encoder"),
+        "weights": model.get("encoder_weights") or "scratch", "epochs": len(rows), "steps": steps,
+        "minutes": round(seconds / 60, 1), "img_per_s": round(steps * batch / seconds, 2) if seconds else None,
+        "best_epoch": None if best is None else int(_num(best["epoch"]) or 0) + 1,
+    }
+    for key in ("dice", "miou", "auc"):
+        out[key] = None if best is None else _num(best.get(f"val/{key}"))
+    if best is not None:
+        for k, v in best.items():
+            if k.startswith(("val/dice_", "val/iou_")) and _num(v) is not None:
+                out[k[4:]] = _num(v)
+    return out
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder of runs")
+    return sorted(p.parent for p in root.glob("*/config.yaml"))
+
+
+def filter_sort(rows: list[dict[str, Any]], where: list[str] | None, sort: str | None,
+                ascending: bool = False) -> list[dict[str, Any]]:
+    """Rows whose columns equal every KEY=VALUE of ``where``, sorted by ``sort`` (best first unless
+    ``ascending``; runs without the value last)."""
+    for cond in where or []:
+        if "=" not in cond:
+            raise DataError(f"--where {cond!r}: expected KEY=VALUE, e.g. encoder=resnet18")
+        key, value = cond.split("=", 1)
+        if rows and key not in rows[0]:
+            raise DataError(f"--where {key}: unknown column; columns: {', '.join(rows[0])}")
+        rows = [r for r in rows if str(r.get(key)) == value]
+    if sort:
+        if rows and sort not in rows[0]:
+            raise DataError(f"--sort {sort}: unknown column; columns: {', '.join(rows[0])}")
+        have = sorted((r for r in rows if r.get(sort) is not None), key=lambda r: r[sort], reverse=not ascending)
+        rows = have + [r for r in rows if r.get(sort) is None]
+    return rows
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def columns_of(rows: list[dict[str, Any]]) -> list[str]:
+    extra = sorted({k for r in rows for k in r if k not in COLUMNS})
+    return COLUMNS + extra
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    cols = columns_of(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    from steelseg.fsutil import atomic_write
+
+    cols = columns_of(rows)
+    with atomic_write(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows([{c: r.get(c) for c in cols} for r in rows])
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def compare(a: Path, b: Path) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+    """(config keys that differ, metrics side by side) of two run folders."""
+    cfgs = []
+    for run in (a, b):
+        path = run / "config.yaml"
+        if not path.is_file():
+            raise DataError(f"{run}: not a run folder (no config.yaml)")
+        cfgs.append(_flat(yaml.safe_load(path.read_text()) or {}))
+    keys = sorted(set(cfgs[0]) | set(cfgs[1]))
+    diff = [(k, cfgs[0].get(k), cfgs[1].get(k)) for k in keys if cfgs[0].get(k) != cfgs[1].get(k) and k != "name"]
+    ra, rb = run_row(a), run_row(b)
+    metrics = [(k, ra.get(k), rb.get(k)) for k in columns_of([ra, rb])
+               if k not in ("name", "data", "task", "arch", "encoder", "weights")]
+    return diff, metrics
