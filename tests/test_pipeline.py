@@ -195,3 +195,32 @@ def test_export_onnx_and_int8_bundles_predict_like_torch(bundle, synth_small, te
     info = json.loads((int8_b / "bundle.json").read_text())["export"]
     assert info["quantize"] == "int8" and info["dice_before"] is not None
     assert main(["predict", str(int8_b), str(images), "--out", str(tmp_path / "i8")]) == 0
+
+
+def test_run_report_numbers_and_page(bundle, trained_run, tmp_path, capsys) -> None:
+    """steelseg report on the tuned test run: its numbers are the run's metrics.csv; the page loads."""
+    import csv
+    import re
+    import subprocess
+
+    out = tmp_path / "report"
+    assert main(["report", str(trained_run), "--out", str(out), "--worst", "3"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    with open(trained_run / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    best = max(rows, key=lambda r: float(r["val/dice"]))
+    assert abs(rep["summary"]["dice"] - float(best["val/dice"])) < 1e-9
+    assert rep["best_epoch_metrics"]["val/dice"] == pytest.approx(float(best["val/dice"]))
+    assert len(rep["search"]) == 4 and len(rep["worst"]) == 3
+    page = (out / "index.html").read_text()
+    assert "Post-processing search" in page and page.count("<img") >= 2 + 1 + 3
+    if shutil.which("chromium"):
+        probe = ("<script>window.addEventListener('load', () => { const i = [...document.images];"
+                 " document.body.setAttribute('data-loaded', i.filter(x => x.complete && x.naturalWidth > 0).length"
+                 " + '/' + i.length); });</script></body>")
+        (out / "probe.html").write_text(page.replace("</body>", probe))
+        dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                              "--virtual-time-budget=5000", "--dump-dom", (out / "probe.html").as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+        loaded, total = map(int, re.search(r'data-loaded="(\d+)/(\d+)"', dom).groups())
+        assert total >= 6 and loaded == total

@@ -23,7 +23,11 @@ EPILOG = """the usual path (each command has --help with more):
   steelseg train configs/tiny.yaml --data data/synth --name seg --set data.folds=data/synth/folds.csv
   steelseg tune runs/seg --data data/synth --out bundles/seg   # thresholds, minimum areas, gates
   steelseg predict bundles/seg data/test_images --out out --overlays   # submission.csv
-  steelseg convert ../shared/data/neu_seg data/neu_kaggle      # any layout -> Kaggle layout
+  steelseg report runs/seg                                     # curves, search, worst images
+  steelseg runs --sort dice                                    # every run in one table
+  steelseg export bundles/seg --out bundles/seg-int8 --quantize int8   # fast CPU inference
+  steelseg serve bundles/seg-int8 --feedback data/feedback     # HTTP service + review page
+  steelseg convert ../shared/data/neu_seg data/neu_kaggle      # any layout -> kaggle / masks / coco
 """
 
 
@@ -353,6 +357,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from steelseg.report import write_report
+
+    if args.worst < 0:
+        raise SteelsegError("--worst must be >= 0")
+    out = args.out or Path(args.run) / "report"
+    rep = write_report(args.run, out, args.worst)
+    s = rep["summary"]
+    print(f"{s['name']}: {s['epochs']} epochs, {s['minutes']} min, best epoch {s['best_epoch']}, "
+          f"val Dice {s['dice'] if s['dice'] is not None else '-'}, mIoU {s['miou'] if s['miou'] is not None else '-'}")
+    print(f"report: {Path(out) / 'index.html'}")
+    return 0
+
+
 def cmd_eda(args: argparse.Namespace) -> int:
     from steelseg.eda import run_eda
 
@@ -536,6 +554,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bundle")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="an HTML report of one run: curves, per-class scores, search, worst images",
+                       description="Write OUT/index.html for a run folder: loss and metric curves (metrics.csv), "
+                                   "per-class Dice and IoU of the best epoch, and, once the run was evaluated "
+                                   "(steelseg evaluate / tune), Dice against threshold and minimum area per "
+                                   "class and the worst validation images with prediction and truth.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/report)")
+    p.add_argument("--worst", type=int, default=6, help="how many worst validation images to show (default 6)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("runs", help="table of training runs (sort, filter, CSV / Markdown), or compare two",
                        description="One row per run folder under ROOT, read from the files each run wrote "
