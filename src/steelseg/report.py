@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from steelseg.eda import _fig  # one way to save a figure, shared with the EDA report
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, atomic_text, check_writable_dir
 
@@ -31,15 +32,6 @@ def _metrics(run: Path) -> list[dict[str, float]]:
         for r in csv.DictReader(fh):
             rows.append({k: float(v) for k, v in r.items() if v not in ("", None)})
     return rows
-
-
-def _fig(path: Path, fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=96)
-    plt.close(fig)
-    return path.name
 
 
 def _curves(rows: list[dict[str, float]], img: Path) -> dict[str, str]:
