@@ -24,6 +24,13 @@ def test_train_bench_runs() -> None:
     assert "ratio steelseg/plain" in out.stdout and "waiting for data" in out.stdout
 
 
+def test_recipe_speed_bench_runs() -> None:
+    out = subprocess.run([sys.executable, str(BENCH / "recipe_speed.py"), "--encoder", "tu-test_resnet",
+                          "--batch", "2", "--steps", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "fp32 (baseline)" in out.stdout and "1.00x" in out.stdout and "FPN" in out.stdout
+
+
 def test_inference_bench_runs() -> None:
     out = subprocess.run([sys.executable, str(BENCH / "inference.py"), "--encoder", "tu-test_resnet",
                           "--classifier", "test_resnet", "--images", "4", "--train-images", "12",

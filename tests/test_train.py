@@ -213,7 +213,7 @@ def test_kill_and_resume(synth_small, tmp_path) -> None:
     assert epochs == list(range(6)), epochs
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == int(read_metrics(run)[-1]["step"])  # resumed, not restarted
-    assert state["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 6
+    assert state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 6  # written at epoch 6's end
     model, meta = load_model(run / "model", which="last")
     assert meta.epochs_trained == 6
     # the best epoch's record survives kill -9 + resume (it travels in the resume checkpoint)
@@ -296,3 +296,72 @@ def test_runs_table_and_compare(synth_small, tmp_path, capsys) -> None:
     assert main(["runs", "--compare", str(out / "a"), str(out / "b")]) == 0
     cmp = capsys.readouterr().out
     assert "train.lr" in cmp and "0.01" in cmp and "0.003" in cmp and "data.path" not in cmp
+
+
+def test_lr_factor_shapes() -> None:
+    from steelseg.train import lr_factor
+
+    assert lr_factor("cosine", 0, 0.0, warmup=10) == pytest.approx(0.1)
+    assert lr_factor("cosine", 50, 0.0, warmup=10) == pytest.approx(1.0)
+    assert lr_factor("cosine", 50, 0.5) == pytest.approx(0.505)
+    assert lr_factor("cosine", 99, 1.0) == pytest.approx(0.01) == lr_factor("cosine", 99, 7.0)
+    assert lr_factor("onecycle", 0, 0.0) == pytest.approx(1 / 25)
+    assert lr_factor("onecycle", 30, 0.3) == pytest.approx(1.0)
+    assert lr_factor("onecycle", 99, 1.0) == pytest.approx(1 / 25e4)
+
+
+def test_time_budget_ends_the_schedule(synth_small, tmp_path) -> None:
+    # 1000 epochs asked, 0.1 minute given: the run stops on time with the learning rate annealed.
+    result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "train.epochs=1000", "train.max_minutes=0.1",
+                          "train.lr=0.01", "train.limit_val_batches=1"))
+    rows = read_metrics(result.run_dir)
+    assert 1 <= len(rows) < 1000
+    assert float(rows[-1]["lr"]) <= 0.01 * 0.011  # the floor of the cosine: 1% of train.lr
+    assert (result.run_dir / "model" / "best.safetensors").is_file()
+
+
+def test_weight_average_is_what_gets_validated_and_saved(synth_small, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "train.ema=0.9", "train.epochs=2",
+                          "train.limit_train_batches=3", "train.limit_val_batches=1", "train.lr=0.01"))
+    model_dir = result.run_dir / "model"
+    last = load_file(model_dir / "last.safetensors")
+    ckpt = torch.load(result.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    averaged = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()}
+    current = {k[len("model."):]: v for k, v in ckpt["current_model_state"].items()}
+    key = next(k for k in last if k.endswith("weight") and last[k].ndim == 4)
+    assert torch.equal(last[key], averaged[key])
+    assert not torch.equal(last[key], current[key])  # the raw weights moved on; the saved ones are the average
+    with pytest.raises(ConfigError, match="train.ema"):
+        tiny_cfg(synth_small, tmp_path, "train.ema=1.0")
+
+
+def test_resume_state_is_written_at_each_epoch_end(synth_small, tmp_path) -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    seen = []
+
+    class Probe(Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            ckpt = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            if trainer.current_epoch:
+                seen.append(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+
+    fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "train.epochs=3", "train.checkpoint_every=0",
+                 "train.limit_train_batches=2", "train.limit_val_batches=1"), callbacks=[Probe()])
+    assert seen == [2, 4]
+
+
+def test_ema_update_warms_up_its_decay() -> None:
+    from steelseg.train import _ema_update
+
+    avg, cur = [torch.zeros(3)], [torch.ones(3)]
+    _ema_update(avg, cur, 0, decay=0.998)  # first update: decay 1/10 -> 90% of the new weights
+    assert torch.allclose(avg[0], torch.full((3,), 0.9))
+    avg = [torch.zeros(3)]
+    _ema_update(avg, cur, 10**6, decay=0.998)  # warmed up: the configured decay
+    assert torch.allclose(avg[0], torch.full((3,), 0.002))
+    count = [torch.tensor(5)]
+    _ema_update(count, [torch.tensor(9)], 3, decay=0.998)
+    assert int(count[0]) == 9

@@ -337,7 +337,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"config: what differs between {a.name} and {b.name}")
         print(_table(["key", a.name, b.name], [(k, x, y) for k, x, y in diff] or [("(nothing)", "", "")]))
         print()
-        print(_table(["metric", a.name, b.name], [(k, runs._cell(x), runs._cell(y)) for k, x, y in metrics]))
+        print(_table(["metric", a.name, b.name], [(k, runs._cell(x, k), runs._cell(y, k)) for k, x, y in metrics]))
         return 0
     rows = runs.filter_sort([runs.run_row(r) for r in runs.find_runs(args.root)], args.where, args.sort,
                             args.ascending)
@@ -353,7 +353,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs under {args.root}")
         return 0
     cols = runs.columns_of(rows) if args.all else runs.COLUMNS
-    print(_table(cols, [[runs._cell(r.get(c)) for c in cols] for r in rows]))
+    print(_table(cols, [[runs._cell(r.get(c), c) for c in cols] for r in rows]))
     return 0
 
 
@@ -391,7 +391,7 @@ EXPORT_EPILOG = """examples:
 
 TRAIN_EPILOG = """examples:
   steelseg train configs/tiny.yaml --data runs/demo/data
-  steelseg train configs/neu_seg.yaml --set train.epochs=30 --set data.batch_size=16
+  steelseg train configs/neu_seg.yaml --set train.max_minutes=120     # a longer budget: the schedule follows
   steelseg train configs/severstal_unet.yaml --set data.folds=data/folds.csv --set data.fold=2
   steelseg train --resume runs/segment-unet-resnet18-20261125-101500
   steelseg train configs/severstal_unet.yaml --devices 4 --strategy ddp             # 4 GPUs

@@ -70,7 +70,9 @@ class TrainConfig:
     limit_train_batches: int | float = 1.0  # Lightning's meaning: int = batches, float = share
     limit_val_batches: int | float = 1.0
     channels_last: bool = True  # NHWC memory format: about 20% faster convolutions on CPU and GPU
-    max_minutes: float | None = None  # stop after this wall-clock budget (Lightning max_time)
+    max_minutes: float | None = None  # wall-clock budget (Lightning max_time); the lr schedule ends with it
+    ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.998), null = off;
+    # validation, best.safetensors and last.safetensors then use the averaged weights
     checkpoint_every: int = 50  # also save the resume checkpoint every N steps (survives kill -9)
     accelerator: str = "auto"
     devices: str = "auto"  # "auto", a count or a list, passed to Lightning
@@ -195,6 +197,8 @@ def _check_ranges(cfg: RunConfig) -> None:
     _need(t.accumulate >= 1, "train.accumulate", t.accumulate, "must be >= 1")
     _need(t.early_stopping >= 0, "train.early_stopping", t.early_stopping, "must be >= 0 (0 = off)")
     _need(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, "must be >= 0 (0 = per epoch only)")
+    _need(t.ema is None or (_finite(t.ema) and 0.5 <= t.ema < 1), "train.ema", t.ema,
+          "must be a decay in [0.5, 1), e.g. 0.998 (or null for no weight averaging)")
     _need(t.max_minutes is None or (_finite(t.max_minutes) and t.max_minutes > 0), "train.max_minutes",
           t.max_minutes, "must be > 0 (or null for no limit)")
     _need(t.num_nodes >= 1, "train.num_nodes", t.num_nodes, "must be >= 1")

@@ -93,11 +93,14 @@ def filter_sort(rows: list[dict[str, Any]], where: list[str] | None, sort: str |
     return rows
 
 
-def _cell(v: Any) -> str:
+ONE_DECIMAL = {"minutes", "img_per_s"}
+
+
+def _cell(v: Any, column: str = "") -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+        return f"{v:.1f}" if column in ONE_DECIMAL or abs(v) >= 10 else f"{v:.4f}"
     return str(v)
 
 
@@ -109,7 +112,7 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     cols = columns_of(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r.get(c), c) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

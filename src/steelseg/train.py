@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from steelseg.fsutil import atomic_json, atomic_write
 from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 
 import lightning as L  # noqa: E402  (after torch on purpose: Lightning imports torch anyway)
-from lightning.pytorch.callbacks import Callback  # noqa: E402
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging  # noqa: E402
 
 __all__ = ["RunResult", "SteelsegModule", "build_loss", "fit", "resolve_split"]
 
@@ -198,20 +199,40 @@ class SteelsegModule(L.LightningModule):
         if t.scheduler == "none":
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        if t.scheduler == "onecycle":
-            sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=total)
-        else:
-            warmup = int(total * t.warmup_epochs / max(t.epochs, 1))
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_lr(step, total, warmup))
+        warmup = int(total * t.warmup_epochs / max(t.epochs, 1))
+        budget = t.max_minutes * 60 if t.max_minutes else None
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
+
+        def factor(step: int) -> float:
+            # With a time budget the schedule ends when the budget does, whatever train.epochs says:
+            # a run cut by max_minutes has annealed instead of stopping at a high learning rate.
+            progress = step / total
+            if budget and timer is not None:
+                progress = max(progress, timer.time_elapsed() / budget)
+            return lr_factor(t.scheduler, step, progress, warmup)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def cosine_lr(step: int, total: int, warmup: int = 0, floor: float = 0.01) -> float:
-    """Multiplier of the base learning rate: linear warm-up, then cosine decay to ``floor``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+def _cos(start: float, end: float, t: float) -> float:
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+
+
+def lr_factor(kind: str, step: int, progress: float, warmup: int = 0, floor: float = 0.01) -> float:
+    """Multiplier of the base learning rate at optimiser ``step`` and ``progress`` (0..1 of the run).
+
+    ``cosine``: linear warm-up over ``warmup`` steps, times a cosine decay to ``floor``.
+    ``onecycle``: the shape of torch's OneCycleLR (cosine up from 1/25 over the first 30%, then down
+    to 1/25e4; no momentum cycling), written here so that a time budget can drive it too.
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if kind == "onecycle":
+        return _cos(1 / 25, 1.0, p / 0.3) if p < 0.3 else _cos(1.0, 1 / 25e4, (p - 0.3) / 0.7)
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return warm * _cos(1.0, floor, p)
 
 
 def classification_scores(probs: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, float]:
@@ -236,6 +257,41 @@ def classification_scores(probs: np.ndarray, labels: np.ndarray, names: list[str
 
 
 # ---- callbacks --------------------------------------------------------------------------------
+class EmaWeights(EMAWeightAveraging):
+    """Lightning's exponential moving average of the weights; validation runs on the average.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as timm's ModelEma
+    does), so the average is not dominated by the random initial weights in the first epochs."""
+
+    def __init__(self, decay: float) -> None:
+        super().__init__(decay=decay)
+        self._kwargs.pop("avg_fn", None)
+        self._kwargs["multi_avg_fn"] = partial(_ema_update, decay=decay)
+
+    def averaged(self) -> nn.Module | None:
+        return None if self._average_model is None else self._average_model.module.model
+
+
+def _ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor | int,
+                decay: float) -> None:
+    """One EMA step over a group of same-dtype tensors (AveragedModel's ``multi_avg_fn``)."""
+    n = float(num_averaged)
+    d = min(decay, (1 + n) / (10 + n))
+    if averaged and (averaged[0].is_floating_point() or averaged[0].is_complex()):
+        torch._foreach_lerp_(averaged, current, 1 - d)
+    else:  # integer buffers (BatchNorm's num_batches_tracked): keep the current count
+        for a, c in zip(averaged, current):
+            a.copy_(c)
+
+
+def _saved_model(trainer: L.Trainer, pl_module: L.LightningModule) -> nn.Module:
+    """The network whose weights were validated: the weight average when one is kept."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, EmaWeights) and cb.averaged() is not None:
+            return cb.averaged()
+    return pl_module.model
+
+
 class RunRecorder(Callback):
     """Writes metrics.csv per epoch and the safetensors model folder (best and last weights)."""
 
@@ -259,9 +315,10 @@ class RunRecorder(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning runs the epoch's validation before this hook: train and val metrics are both here.
+        # Every rank reads them: under DDP reading them is a collective (sync_dist) and must match.
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if not trainer.is_global_zero:
             return
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan"),
                "seconds": round(time.time() - self._t0, 2)}
@@ -274,7 +331,7 @@ class RunRecorder(Callback):
             if better:
                 self.best, self.best_epoch = score, trainer.current_epoch
                 model_dir = self.run_dir / "model"
-                save_weights(pl_module.model, model_dir / "best.safetensors")
+                save_weights(_saved_model(trainer, pl_module), model_dir / "best.safetensors")
                 self.meta.best = {"epoch": self.best_epoch, "monitor": self.monitor, "value": score,
                                   "metrics": {k: v for k, v in m.items() if k.startswith("val/")}}
                 write_model_json(model_dir, self.meta)
@@ -284,11 +341,50 @@ class RunRecorder(Callback):
         if not trainer.is_global_zero:
             return
         model_dir = self.run_dir / "model"
-        save_weights(pl_module.model, model_dir / "last.safetensors")
+        last = _saved_model(trainer, pl_module)
+        save_weights(last, model_dir / "last.safetensors")
         if not (model_dir / "best.safetensors").exists():  # no validation ran: last is the best we have
-            save_weights(pl_module.model, model_dir / "best.safetensors")
+            save_weights(last, model_dir / "best.safetensors")
         self.meta.epochs_trained = trainer.current_epoch
         write_model_json(model_dir, self.meta)
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16, AMX, Arm BF16); None where unknown."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = set(info.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+class ResumeCheckpoint(Callback):
+    """``checkpoints/last.ckpt``, the resume state: written at every epoch end (after validation, with
+    the epoch's best-model record) and every ``every`` optimiser steps, by a rename, so a kill -9 loses
+    at most ``every`` steps and never leaves a half-written file. (Lightning's ModelCheckpoint with
+    ``save_top_k=0`` writes ``last`` only every N steps and at train end, which with weight averaging
+    comes after the average was copied into the model.)"""
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = path, every
+        self._saved_step = -1
+
+    def _save(self, trainer: L.Trainer) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.every and trainer.global_step % self.every == 0 and trainer.global_step != self._saved_step:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
 
 
 def _log_line(trainer: L.Trainer, row: dict[str, Any]) -> None:
@@ -488,26 +584,28 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     t = cfg.train
     monitor = t.monitor or ("val/dice" if cfg.model.task == "segment" else "val/auc")
     mode = "min" if monitor.endswith("loss") else "max"
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 
     progress = sys.stderr.isatty() if progress is None else progress
     callbacks: list[Any] = [
         RunRecorder(run_dir, meta, monitor, mode),
-        # Resume state, written at every epoch end and every `checkpoint_every` steps (kill -9 safe).
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True, every_n_epochs=1,
-                        enable_version_counter=False),
+        ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt", t.checkpoint_every),
     ]
-    if t.checkpoint_every:
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
-                                         every_n_train_steps=t.checkpoint_every, enable_version_counter=False))
     callbacks += extra
     if progress:
         callbacks.append(TQDMProgressBar())
+    if t.ema:
+        callbacks.append(EmaWeights(decay=t.ema))
     if t.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=t.early_stopping))
     precision = t.precision
     if precision == "auto":
         precision = "16-mixed" if torch.cuda.is_available() else "32-true"
+    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
+    if precision.startswith("bf16") and on_cpu and cpu_has_bf16() is False:
+        print(f"warning: train.precision {precision} on a CPU without native bf16 (no avx512_bf16 / amx_bf16 "
+              "in /proc/cpuinfo): bf16 is emulated there and slower; --set train.precision=32-true",
+              file=sys.stderr)
     devices: Any = t.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)

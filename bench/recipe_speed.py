@@ -1,0 +1,66 @@
+"""Training speed of the CPU recipe's knobs, one process: fp32 -> channels-last -> bf16 autocast ->
+lighter U-Net decoder, each as images/s of forward + backward + AdamW step and the ratio against the
+plain fp32 model (the first line).  The models are built as `steelseg train` builds them
+(`create_segmenter`), on random 200x200 NEU-Seg-sized input padded to 224 as the model pads it.
+
+Usage: python bench/recipe_speed.py [--encoder tu-tf_efficientnet_lite0] [--batch 16] [--steps 4]
+bf16 pays off only where the CPU has native bf16 (AVX-512 BF16 or AMX); elsewhere it can be slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from steelseg.models import create_segmenter
+
+
+def images_per_s(encoder: str, batch: int, steps: int, *, channels_last: bool, bf16: bool,
+                 decoder: list[int] | None, arch: str = "unet") -> float:
+    torch.manual_seed(0)
+    kwargs = {"decoder_channels": decoder} if decoder else {}
+    model = create_segmenter(arch, encoder, 3, 1, None, False, **kwargs).train()
+    x = torch.randn(batch, 1, 224, 224)
+    y = (torch.rand(batch, 3, 224, 224) > 0.9).float()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    times = []
+    for _ in range(steps + 1):  # the first step warms up (allocations, oneDNN kernels)
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return batch * steps / sum(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encoder", default="tu-tf_efficientnet_lite0")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=4)
+    args = ap.parse_args()
+    light = [128, 64, 32, 16, 16]
+    rows = [
+        ("fp32 (baseline)", dict(channels_last=False, bf16=False, decoder=None)),
+        ("fp32 channels-last", dict(channels_last=True, bf16=False, decoder=None)),
+        ("bf16 autocast, channels-last", dict(channels_last=True, bf16=True, decoder=None)),
+        (f"bf16, channels-last, decoder {light}", dict(channels_last=True, bf16=True, decoder=light)),
+        ("bf16, channels-last, FPN", dict(channels_last=True, bf16=True, decoder=None, arch="fpn")),
+    ]
+    base = None
+    print(f"U-Net {args.encoder}, batch {args.batch}, 1x224x224, {torch.get_num_threads()} threads")
+    for name, kw in rows:
+        ips = images_per_s(args.encoder, args.batch, args.steps, **kw)
+        base = base or ips
+        print(f"{name:48s} {ips:7.1f} img/s  {ips / base:5.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
