@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "steps, minutes, images/s, best epoch and its validation Dice / mIoU / AUC "
                                    "(--all adds per-class scores). --compare A B shows what differs between two "
                                    "runs' configs and their metrics side by side.",
-                       epilog="examples:\n  steelseg runs --sort -miou --where encoder=resnet18\n"
+                       epilog="examples:\n  steelseg runs --sort miou --where encoder=resnet18\n"
                               "  steelseg runs runs/ --md docs/neu_table.md --all\n"
                               "  steelseg runs --compare runs/neu-scratch runs/neu-lite0",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

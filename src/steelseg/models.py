@@ -49,6 +49,11 @@ def _timm_names() -> list[str]:
     return timm.list_models()
 
 
+def timm_name(encoder: str) -> str:
+    """The timm model behind an encoder name: ``tu-NAME`` -> ``NAME`` (classifiers take either)."""
+    return encoder[3:] if encoder.startswith("tu-") else encoder
+
+
 def check_model_names(task: str, arch: str, encoder: str) -> None:
     """Raise ConfigError naming valid choices when the architecture or encoder is unknown."""
     if task == "segment":
@@ -66,7 +71,7 @@ def check_model_names(task: str, arch: str, encoder: str) -> None:
                 raise ConfigError("model.encoder: " + _suggest(encoder, names, "smp encoder")
                                   + "; or any timm model as tu-NAME, e.g. tu-xception41")
     else:
-        name = encoder[3:] if encoder.startswith("tu-") else encoder
+        name = timm_name(encoder)
         names = _timm_names()
         if name not in names:
             raise ConfigError("model.encoder: " + _suggest(name, names, "timm classifier"))
@@ -130,7 +135,7 @@ def create_classifier(encoder: str, classes: int, in_channels: int = 1,
 
     from steelseg.pretrained import is_local, load_pretrained, pretrained_state
 
-    name = encoder[3:] if encoder.startswith("tu-") else encoder
+    name = timm_name(encoder)
     check_model_names("classify", "", name)
     kwargs = _checked_kwargs("classify", kwargs)
     model = timm.create_model(name, pretrained=encoder_weights == "imagenet", num_classes=classes,

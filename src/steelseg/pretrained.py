@@ -46,10 +46,6 @@ def required_normalisation(weights: str | None) -> tuple[float, float] | None:
     return None
 
 
-def _timm_name(encoder: str) -> str:
-    return encoder[3:] if encoder.startswith("tu-") else encoder
-
-
 def _package_state(name: str, timm_name: str) -> dict[str, Any]:
     import timm
     import torch
@@ -101,7 +97,9 @@ def _file_state(path: Path) -> dict[str, Any]:
 def pretrained_state(weights: str, encoder: str) -> dict[str, Any]:
     """The weights as a state dict with timm (or smp encoder) keys."""
     if weights.startswith("package:"):
-        return _package_state(weights[len("package:"):], _timm_name(encoder))
+        from steelseg.models import timm_name
+
+        return _package_state(weights[len("package:"):], timm_name(encoder))
     return _file_state(Path(weights))
 
 
@@ -135,7 +133,7 @@ def describe(weights: str | None) -> dict[str, Any] | None:
         return None
     info: dict[str, Any] = {"source": weights}
     path = Path(weights)
-    if not weights.startswith("package:") and weights != "imagenet" and path.is_file():
+    if is_local(weights) and not weights.startswith("package:") and path.is_file():
         h = hashlib.sha256()
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

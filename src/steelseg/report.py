@@ -24,14 +24,12 @@ __all__ = ["write_report"]
 
 
 def _metrics(run: Path) -> list[dict[str, float]]:
+    from steelseg.runs import read_metrics
+
     path = run / "metrics.csv"
     if not path.is_file():
         raise DataError(f"{path}: missing; a report needs a run that finished at least one epoch")
-    rows = []
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            rows.append({k: float(v) for k, v in r.items() if v not in ("", None)})
-    return rows
+    return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in read_metrics(path)]
 
 
 def _curves(rows: list[dict[str, float]], img: Path) -> dict[str, str]:
@@ -117,15 +115,13 @@ def _worst(run: Path, eval_dir: Path, img: Path, count: int) -> list[tuple[str, 
 
 def write_report(run: str | Path, out: str | Path, worst: int = 6) -> dict[str, Any]:
     """Write the run's report; returns the numbers shown (also saved as DIR/report.json)."""
-    run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise DataError(f"{run}: not a run folder (no config.yaml)")
-    out = check_writable_dir(out)
-    img = check_writable_dir(out / "img")
-    rows = _metrics(run)
     from steelseg.runs import run_row
 
-    summary = run_row(run)
+    run = Path(run)
+    summary = run_row(run)  # refuses a folder that is not a run, before anything is written
+    rows = _metrics(run)
+    out = check_writable_dir(out)
+    img = check_writable_dir(out / "img")
     figs = _curves(rows, img)
     names = json.loads((run / "model" / "model.json").read_text())["class_names"] \
         if (run / "model" / "model.json").is_file() else []

@@ -16,17 +16,26 @@ import yaml
 
 from steelseg.errors import DataError
 
-__all__ = ["COLUMNS", "compare", "find_runs", "run_row", "to_markdown"]
+__all__ = ["COLUMNS", "compare", "find_runs", "read_metrics", "read_run_config", "run_row", "to_markdown"]
 
 COLUMNS = ["name", "data", "task", "arch", "encoder", "weights", "epochs", "steps", "minutes", "img_per_s",
            "best_epoch", "dice", "miou", "auc"]
 
 
-def _metrics(path: Path) -> list[dict[str, str]]:
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv as written (strings); [] when there is none yet."""
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def read_run_config(run: Path) -> dict[str, Any]:
+    """A run folder's config.yaml as a dict; refuses a folder that is not a run."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{run}: not a run folder (no config.yaml)")
+    return yaml.safe_load(path.read_text()) or {}
 
 
 def _num(v: Any) -> float | None:
@@ -39,12 +48,9 @@ def _num(v: Any) -> float | None:
 
 def run_row(run: Path) -> dict[str, Any]:
     """One run folder -> its row: what was trained, how long, and the best validation scores."""
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise DataError(f"{run}: not a run folder (no config.yaml)")
-    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    cfg = read_run_config(run)
     data, model, train = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
-    rows = _metrics(run / "metrics.csv")
+    rows = read_metrics(run / "metrics.csv")
     monitor = train.get("monitor") or ("val/dice" if model.get("task", "segment") == "segment" else "val/auc")
     best = max(rows, key=lambda r: _num(r.get(monitor)) if _num(r.get(monitor)) is not None else -math.inf,
                default=None)
@@ -138,12 +144,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def compare(a: Path, b: Path) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
     """(config keys that differ, metrics side by side) of two run folders."""
-    cfgs = []
-    for run in (a, b):
-        path = run / "config.yaml"
-        if not path.is_file():
-            raise DataError(f"{run}: not a run folder (no config.yaml)")
-        cfgs.append(_flat(yaml.safe_load(path.read_text()) or {}))
+    cfgs = [_flat(read_run_config(run)) for run in (a, b)]
     keys = sorted(set(cfgs[0]) | set(cfgs[1]))
     diff = [(k, cfgs[0].get(k), cfgs[1].get(k)) for k in keys if cfgs[0].get(k) != cfgs[1].get(k) and k != "name"]
     ra, rb = run_row(a), run_row(b)
