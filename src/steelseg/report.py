@@ -130,7 +130,9 @@ def write_report(run: str | Path, out: str | Path, worst: int = 6) -> dict[str, 
     if eval_dir is not None and summary["task"] == "segment":
         search, search_rows = _search(eval_dir, names, img)
         worst_pics = _worst(run, eval_dir, img, worst)
-    best = max(rows, key=lambda r: r.get("val/dice", r.get("val/auc", -1)))
+    # the epoch the run kept (its train.monitor), as `steelseg runs` shows it
+    best = next((r for r in rows if summary["best_epoch"] is not None and int(r["epoch"]) + 1 == summary["best_epoch"]),
+                rows[-1])
     per_class = [(n, best.get(f"val/dice_{n}"), best.get(f"val/iou_{n}")) for n in names]
     report = {"run": str(run), "summary": summary, "best_epoch_metrics": best, "per_class": per_class,
               "search": search_rows, "worst": [{"image": i, "dice": d} for _, i, d in worst_pics]}
