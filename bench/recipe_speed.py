@@ -1,10 +1,13 @@
 """Training speed of the CPU recipe's knobs, one process: fp32 -> channels-last -> bf16 autocast ->
-lighter U-Net decoder, each as images/s of forward + backward + AdamW step and the ratio against the
-plain fp32 model (the first line).  The models are built as `steelseg train` builds them
-(`create_segmenter`), on random 200x200 NEU-Seg-sized input padded to 224 as the model pads it.
+lighter U-Net decoder, then two candidates for the next step (192x192 training crops, which the model
+needs no padding for; torch.compile with --compile), each as images/s of forward + backward + AdamW
+step and the ratio against the plain fp32 model (the first line).  The models are built as
+`steelseg train` builds them (`create_segmenter`), on random 200x200 NEU-Seg-sized input padded to
+224 as the model pads it.
 
-Usage: python bench/recipe_speed.py [--encoder tu-tf_efficientnet_lite0] [--batch 16] [--steps 4]
+Usage: python bench/recipe_speed.py [--encoder tu-tf_efficientnet_lite0] [--batch 16] [--steps 4] [--compile]
 bf16 pays off only where the CPU has native bf16 (AVX-512 BF16 or AMX); elsewhere it can be slower.
+torch.compile's own compile time (minutes on 2 cores) is printed apart, not in the img/s.
 """
 
 from __future__ import annotations
@@ -18,18 +21,21 @@ from steelseg.models import create_segmenter
 
 
 def images_per_s(encoder: str, batch: int, steps: int, *, channels_last: bool, bf16: bool,
-                 decoder: list[int] | None, arch: str = "unet") -> float:
+                 decoder: list[int] | None, arch: str = "unet", size: int = 224,
+                 compiled: bool = False) -> float:
     torch.manual_seed(0)
     kwargs = {"decoder_channels": decoder} if decoder else {}
     model = create_segmenter(arch, encoder, 3, 1, None, False, **kwargs).train()
-    x = torch.randn(batch, 1, 224, 224)
-    y = (torch.rand(batch, 3, 224, 224) > 0.9).float()
+    x = torch.randn(batch, 1, size, size)
+    y = (torch.rand(batch, 3, size, size) > 0.9).float()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    if compiled:
+        model = torch.compile(model)
     times = []
-    for _ in range(steps + 1):  # the first step warms up (allocations, oneDNN kernels)
+    for i in range(steps + 1):  # the first step warms up (allocations, oneDNN kernels, compiling)
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
@@ -37,6 +43,8 @@ def images_per_s(encoder: str, batch: int, steps: int, *, channels_last: bool, b
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
+        if compiled and i == 0:
+            print(f"  (torch.compile: first step {times[0]:.0f} s)", flush=True)
     return batch * steps / sum(times[1:])
 
 
@@ -45,6 +53,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="tu-tf_efficientnet_lite0")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--compile", action="store_true", help="add a torch.compile row (slow to compile)")
     args = ap.parse_args()
     light = [128, 64, 32, 16, 16]
     rows = [
@@ -53,7 +62,10 @@ def main() -> None:
         ("bf16 autocast, channels-last", dict(channels_last=True, bf16=True, decoder=None)),
         (f"bf16, channels-last, decoder {light}", dict(channels_last=True, bf16=True, decoder=light)),
         ("bf16, channels-last, FPN", dict(channels_last=True, bf16=True, decoder=None, arch="fpn")),
+        ("recipe (bf16, light decoder) on 192x192 crops", dict(channels_last=True, bf16=True, decoder=light, size=192)),
     ]
+    if args.compile:
+        rows.append(("recipe + torch.compile", dict(channels_last=True, bf16=True, decoder=light, compiled=True)))
     base = None
     print(f"U-Net {args.encoder}, batch {args.batch}, 1x224x224, {torch.get_num_threads()} threads")
     for name, kw in rows:

@@ -289,6 +289,10 @@ def test_runs_table_and_compare(synth_small, tmp_path, capsys) -> None:
         best = max(metrics, key=lambda r: float(r["val/dice"]))
         assert abs(float(row["dice"]) - float(best["val/dice"])) < 1e-9
         assert int(row["epochs"]) == 2 and int(row["best_epoch"]) == int(best["epoch"]) + 1
+        # where it trained, from model.json: img/s means little without it
+        meta = json.loads((out / row["name"] / "model" / "model.json").read_text())
+        assert row["device"] == meta["trained_on"]["device"]
+        assert row["device"].startswith("CPU ") and f"({torch.get_num_threads()} threads)" in row["device"]
     assert float(rows[0]["dice"]) >= float(rows[1]["dice"])
     assert (tmp_path / "t.md").read_text().startswith("| name |")
     assert main(["runs", str(out), "--where", "name=b"]) == 0

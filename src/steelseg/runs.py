@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from steelseg.errors import DataError
 
 __all__ = ["COLUMNS", "compare", "find_runs", "read_metrics", "read_run_config", "run_row", "to_markdown"]
 
-COLUMNS = ["name", "data", "task", "arch", "encoder", "weights", "epochs", "steps", "minutes", "img_per_s",
-           "best_epoch", "dice", "miou", "auc"]
+COLUMNS = ["name", "data", "task", "arch", "encoder", "weights", "device", "epochs", "steps", "minutes",
+           "img_per_s", "best_epoch", "dice", "miou", "auc"]
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -46,9 +47,20 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def run_row(run: Path) -> dict[str, Any]:
-    """One run folder -> its row: what was trained, how long, and the best validation scores."""
-    cfg = read_run_config(run)
+def trained_device(run: Path) -> str | None:
+    """The machine a run trained on, as its model.json records it (runs before 0.1 recorded none)."""
+    try:
+        meta = json.loads((run / "model" / "model.json").read_text())
+    except (OSError, ValueError):
+        return None
+    device = meta.get("trained_on", {}).get("device") if isinstance(meta, dict) else None
+    return str(device) if device else None
+
+
+def run_row(run: Path, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One run folder -> its row: what was trained, on what, how long, and the best validation scores.
+    ``cfg``: its config.yaml when the caller has read it already."""
+    cfg = read_run_config(run) if cfg is None else cfg
     data, model, train = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
     rows = read_metrics(run / "metrics.csv")
     monitor = train.get("monitor") or ("val/dice" if model.get("task", "segment") == "segment" else "val/auc")
@@ -60,7 +72,7 @@ def run_row(run: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": run.name, "data": Path(str(data.get("path", ""))).name, "task": model.get("task"),
         "arch": model.get("arch") if model.get("task") == "segment" else "-", "encoder": model.get("encoder"),
-        "weights": model.get("encoder_weights") or "scratch", "epochs": len(rows), "steps": steps,
+        "weights": model.get("encoder_weights") or "scratch", "device": trained_device(run), "epochs": len(rows), "steps": steps,
         "minutes": round(seconds / 60, 1), "img_per_s": round(steps * batch / seconds, 2) if seconds else None,
         "best_epoch": None if best is None else int(_num(best["epoch"]) or 0) + 1,
     }
@@ -144,10 +156,11 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def compare(a: Path, b: Path) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
     """(config keys that differ, metrics side by side) of two run folders."""
-    cfgs = [_flat(read_run_config(run)) for run in (a, b)]
+    raw = [read_run_config(run) for run in (a, b)]
+    cfgs = [_flat(c) for c in raw]
     keys = sorted(set(cfgs[0]) | set(cfgs[1]))
     diff = [(k, cfgs[0].get(k), cfgs[1].get(k)) for k in keys if cfgs[0].get(k) != cfgs[1].get(k) and k != "name"]
-    ra, rb = run_row(a), run_row(b)
+    ra, rb = run_row(a, raw[0]), run_row(b, raw[1])
     metrics = [(k, ra.get(k), rb.get(k)) for k in columns_of([ra, rb])
                if k not in ("name", "data", "task", "arch", "encoder", "weights")]
     return diff, metrics

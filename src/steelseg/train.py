@@ -359,6 +359,35 @@ def cpu_has_bf16() -> bool | None:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(trainer: L.Trainer) -> str:
+    """What a run trains on, in words, for model.json and ``steelseg runs`` (img/s means little
+    without it): ``NVIDIA H200``, ``CPU AMD EPYC ... (2 threads)``, ``4 x ...`` under DDP."""
+    kind = type(trainer.accelerator).__name__.removesuffix("Accelerator")
+    if kind == "CUDA":
+        try:
+            name = torch.cuda.get_device_name(trainer.strategy.root_device)
+        except (RuntimeError, AssertionError, ValueError):
+            name = torch.cuda.get_device_name()
+    elif kind == "CPU":
+        name = f"CPU {cpu_model()} ({torch.get_num_threads()} threads)"
+    else:
+        name = kind
+    return name if trainer.world_size == 1 else f"{trainer.world_size} x {name}"
+
+
 class ResumeCheckpoint(Callback):
     """``checkpoints/last.ckpt``, the resume state: written at every epoch end (after validation, with
     the epoch's best-model record) and every ``every`` optimiser steps, by a rename, so a kill -9 loses
@@ -619,6 +648,7 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
         log_every_n_steps=max(1, min(10, _batches(len(train_loader), t.limit_train_batches))),
     )
+    meta.trained_on["device"] = device_name(trainer)  # the last machine to train it, when resumed elsewhere
     if loggers and trainer.is_global_zero:
         for lg in loggers:
             lg.log_hyperparams(cfg.flat())
