@@ -71,7 +71,8 @@ def run_row(run: Path, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     batch = int(data.get("batch_size") or 0) * int(train.get("accumulate") or 1)
     out: dict[str, Any] = {
         "name": run.name, "data": Path(str(data.get("path", ""))).name, "task": model.get("task"),
-        "arch": model.get("arch") if model.get("task") == "segment" else "-", "encoder": model.get("encoder"),
+        "arch": (f"{model.get('arch')} per class" if model.get("per_class") else model.get("arch"))
+        if model.get("task") == "segment" else "-", "encoder": model.get("encoder"),
         "weights": model.get("encoder_weights") or "scratch", "device": trained_device(run), "epochs": len(rows), "steps": steps,
         "minutes": round(seconds / 60, 1), "img_per_s": round(steps * batch / seconds, 2) if seconds else None,
         "best_epoch": None if best is None else int(_num(best["epoch"]) or 0) + 1,
