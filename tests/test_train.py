@@ -247,9 +247,11 @@ def test_bad_config_fails_before_training(synth_small, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_segmenter_beats_all_empty(tmp_path) -> None:
-    """A real learning check: on held-out images, Kaggle Dice above what empty masks score."""
-    from steelseg import metrics
+def test_tiny_segmenter_beats_trivial_masks(tmp_path) -> None:
+    """A real learning check on held-out images: the trained model's pixel Dice (defect pixels over
+    the whole set) beats both trivial answers, all-empty (0) and all-defect (2p / (1 + p)).
+    (Kaggle Dice against all-empty was a coin flip for a 20-epoch tiny model: 85% of its pairs are
+    empty, so a few false-positive pixels decide it, and CPU training is not bit-reproducible.)"""
     from steelseg.datasets import SegmentationSamples, open_dataset
     from steelseg.synth import SynthConfig, make_dataset
 
@@ -257,17 +259,18 @@ def test_tiny_segmenter_beats_all_empty(tmp_path) -> None:
     held = open_dataset(make_dataset(tmp_path / "held", SynthConfig(images=48, seed=99, height=64, width=320)))
     result = fit(tiny_cfg(data, tmp_path, "model.kwargs={decoder_channels: [64, 32, 16, 16, 16]}",
                           "train.epochs=20", "train.lr=0.01", "train.seed=0"))
-    model, _ = load_model(result.run_dir / "model", which="best")
+    model, _ = load_model(result.run_dir / "model", which="last")
     samples = SegmentationSamples(held)
     batch = [samples[i] for i in range(len(samples))]
     with torch.no_grad():
         probs = torch.sigmoid(model(torch.from_numpy(np.stack([b["image"] for b in batch])))).numpy()
-    pred = (probs > 0.5).transpose(0, 2, 3, 1)
-    true = np.stack([b["mask"] for b in batch]).transpose(0, 2, 3, 1) > 0.5
-    score = metrics.kaggle_dice(pred, true).mean
-    empty = metrics.kaggle_dice(np.zeros_like(true), true).mean
-    assert empty == pytest.approx(float((~held.presence()).mean()))
-    assert score > empty + 0.01, (score, empty)
+    pred = probs > 0.5
+    true = np.stack([b["mask"] for b in batch]) > 0.5
+    p = float(true.mean())
+    assert 0 < p < 0.5
+    dice = 2 * float((pred & true).sum()) / float(pred.sum() + true.sum())
+    all_defect = 2 * p / (1 + p)
+    assert dice > max(0.1, all_defect + 0.05), (dice, all_defect)
 
 
 def test_runs_table_and_compare(synth_small, tmp_path, capsys) -> None:
