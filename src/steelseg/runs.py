@@ -48,7 +48,7 @@ def _num(v: Any) -> float | None:
 
 
 def trained_device(run: Path) -> str | None:
-    """The machine a run trained on, as its model.json records it (runs before 0.1 recorded none)."""
+    """The machine a run trained on, as its model.json records it (None for runs trained before steelseg recorded it)."""
     try:
         meta = json.loads((run / "model" / "model.json").read_text())
     except (OSError, ValueError):
@@ -73,7 +73,8 @@ def run_row(run: Path, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
         "name": run.name, "data": Path(str(data.get("path", ""))).name, "task": model.get("task"),
         "arch": (f"{model.get('arch')} per class" if model.get("per_class") else model.get("arch"))
         if model.get("task") == "segment" else "-", "encoder": model.get("encoder"),
-        "weights": model.get("encoder_weights") or "scratch", "device": trained_device(run), "epochs": len(rows), "steps": steps,
+        "weights": model.get("encoder_weights") or "scratch", "device": trained_device(run),
+        "epochs": len(rows), "steps": steps,
         "minutes": round(seconds / 60, 1), "img_per_s": round(steps * batch / seconds, 2) if seconds else None,
         "best_epoch": None if best is None else int(_num(best["epoch"]) or 0) + 1,
     }
