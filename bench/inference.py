@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -32,17 +31,11 @@ SEG_THRESHOLD, MIN_AREA = 0.5, 0  # the notebook's post-processing, the same as 
 
 
 def cpu_info() -> str:
-    name, flags = platform.processor() or "cpu", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", "cpu", platform.machine()):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from steelseg.train import cpu_facts, cpu_model
+
+    flags = (cpu_facts() or (None, set()))[1]
     isa = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni", "fma"))
-    return f"{name}; {os.cpu_count()} logical CPUs; {' '.join(isa) or 'no AVX flags read'}"
+    return f"{cpu_model()}; {os.cpu_count()} logical CPUs; {' '.join(isa) or 'no AVX flags read'}"
 
 
 def mask2rle(img: np.ndarray) -> str:  # as in the public notebooks

@@ -349,24 +349,34 @@ class RunRecorder(Callback):
         write_model_json(model_dir, self.meta)
 
 
-def cpu_has_bf16() -> bool | None:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16, AMX, Arm BF16); None where unknown."""
+def cpu_facts() -> tuple[str | None, set[str]] | None:
+    """The CPU's model name (None if not listed) and feature flags from /proc/cpuinfo; None where
+    there is no such file (not Linux)."""
+    name: str | None = None
+    flags: set[str] = set()
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name is None:
+                name = " ".join(value.split())
+            elif key.strip() in ("flags", "Features") and not flags:  # Features: Arm
+                flags = set(value.split())
     except OSError:
         return None
-    flags = set(info.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return name, flags
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16, AMX, Arm BF16); None where unknown."""
+    facts = cpu_facts()
+    return None if facts is None else bool(facts[1] & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return " ".join(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    facts = cpu_facts()
+    if facts and facts[0]:
+        return facts[0]
     import platform
 
     return platform.processor() or platform.machine() or "unknown CPU"
@@ -613,6 +623,7 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     t = cfg.train
     monitor = t.monitor or ("val/dice" if cfg.model.task == "segment" else "val/auc")
     mode = "min" if monitor.endswith("loss") else "max"
+    from lightning.pytorch.accelerators import CPUAccelerator
     from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 
     progress = sys.stderr.isatty() if progress is None else progress
@@ -630,11 +641,6 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     precision = t.precision
     if precision == "auto":
         precision = "16-mixed" if torch.cuda.is_available() else "32-true"
-    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
-    if precision.startswith("bf16") and on_cpu and cpu_has_bf16() is False:
-        print(f"warning: train.precision {precision} on a CPU without native bf16 (no avx512_bf16 / amx_bf16 "
-              "in /proc/cpuinfo): bf16 is emulated there and slower; --set train.precision=32-true",
-              file=sys.stderr)
     devices: Any = t.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
@@ -649,6 +655,11 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
         log_every_n_steps=max(1, min(10, _batches(len(train_loader), t.limit_train_batches))),
     )
     meta.trained_on["device"] = device_name(trainer)  # the last machine to train it, when resumed elsewhere
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)  # the one Lightning chose, not a guess beside it
+    if precision.startswith("bf16") and on_cpu and cpu_has_bf16() is False:
+        print(f"warning: train.precision {precision} on a CPU without native bf16 (no avx512_bf16 / amx_bf16 "
+              "in /proc/cpuinfo): bf16 is emulated there and slower; --set train.precision=32-true",
+              file=sys.stderr)
     if loggers and trainer.is_global_zero:
         for lg in loggers:
             lg.log_hyperparams(cfg.flat())
