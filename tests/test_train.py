@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from steelseg.checkpoint import load_model, read_model_json
 from steelseg.config import load_config
@@ -106,6 +107,42 @@ def test_losses_and_onecycle(loss, synth_small, tmp_path) -> None:
                           "train.limit_train_batches=2", "train.limit_val_batches=1",
                           "train.pos_weight=[2.0, 2.0, 1.0, 1.0]", "data.crop=[32, 128]"))
     assert np.isfinite(float(read_metrics(result.run_dir)[0]["train/loss_epoch"]))
+
+
+def test_per_class_lovasz_is_the_mean_of_each_class() -> None:
+    """bce_lovasz / lovasz: one Lovasz hinge per class, averaged (not one over all classes)."""
+    import segmentation_models_pytorch as smp
+
+    from steelseg.train import build_loss
+
+    target = torch.zeros(2, 2, 16, 16)
+    target[:, 0, :, :8] = 1  # class 0: half of every image
+    target[:, 1, 4:6, 4:6] = 1  # class 1: 4 pixels
+    logits = torch.where(target > 0, 5.0, -5.0)  # right everywhere ...
+    logits[:, 1] = 5.0  # ... except class 1, marked everywhere
+    logits.requires_grad_(True)
+    loss = build_loss("lovasz", "segment", 2)(logits, target)
+    binary = smp.losses.LovaszLoss(mode="binary", per_image=False)
+    per_class = [float(binary(logits.detach()[:, c:c + 1], target[:, c:c + 1])) for c in range(2)]
+    assert per_class[0] < 1e-6 < per_class[1]
+    assert float(loss) == pytest.approx(sum(per_class) / 2, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and float(logits.grad[:, 1].abs().sum()) > 0
+    both = build_loss("bce_lovasz", "segment", 2)(logits.detach(), target)
+    assert float(both) == pytest.approx(float(loss) + float(F.binary_cross_entropy_with_logits(logits, target)),
+                                        rel=1e-5)
+
+
+def test_finetune_loss_takes_over_for_the_last_share(synth_small, tmp_path) -> None:
+    """train.finetune_loss: the first half of a 2-epoch run on train.loss, the second on Lovasz."""
+    result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "train.epochs=2", "train.limit_train_batches=4",
+                          "train.limit_val_batches=1", "train.finetune_loss=lovasz", "train.finetune_share=0.5"))
+    rows = read_metrics(result.run_dir)
+    assert [float(r["train/finetune"]) for r in rows] == [0.0, 1.0]
+    with pytest.raises(ConfigError, match="finetune_loss.*or null"):
+        tiny_cfg(synth_small, tmp_path, "train.finetune_loss=iou")
+    with pytest.raises(ConfigError, match="finetune_share"):
+        tiny_cfg(synth_small, tmp_path, "train.finetune_loss=lovasz", "train.finetune_share=1.0")
 
 
 def test_rebuilt_model_matches_trained(synth_small, tmp_path) -> None:

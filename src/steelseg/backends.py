@@ -47,10 +47,11 @@ class TorchRunner:
         self.net = net.to(memory_format=torch.channels_last) if self.cpu else net
 
     @classmethod
-    def load(cls, folder: Path, which: str = "best", device: str = "cpu") -> TorchRunner:
+    def load(cls, folder: Path, which: str = "best", device: str = "cpu",
+             meta: ModelMeta | None = None) -> TorchRunner:
         from steelseg.checkpoint import load_model
 
-        net, meta = load_model(folder, which, device)
+        net, meta = load_model(folder, which, device, meta)
         return cls(net, meta, folder, device)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -120,9 +121,10 @@ class OnnxRunner:
         return out[..., :h, :w] if self.segment else out
 
 
-def model_format(folder: Path) -> str:
-    """``torch`` (best.safetensors) or ``onnx`` (model.onnx named in model.json) for a model folder."""
-    meta = read_model_json(folder)
+def model_format(folder: Path, meta: ModelMeta | None = None) -> str:
+    """``torch`` (best.safetensors) or ``onnx`` (model.onnx named in model.json) for a model folder;
+    ``meta`` is its model.json when the caller has read it already."""
+    meta = meta or read_model_json(folder)
     if meta.weights and meta.weights.get("format") == "onnx":
         return "onnx"
     if (folder / "best.safetensors").is_file():
@@ -131,8 +133,10 @@ def model_format(folder: Path) -> str:
 
 
 def load_runner(folder: Path, backend: str, device: str = "cpu", which: str = "best",
-                threads: int | None = None) -> Runner:
-    fmt = model_format(folder)
+                threads: int | None = None, meta: ModelMeta | None = None) -> Runner:
+    """The model in ``folder`` on ``backend``; ``meta`` is its model.json when already read (read once)."""
+    meta = meta or read_model_json(folder)
+    fmt = model_format(folder, meta)
     if backend != fmt:
         have = "ONNX files only (steelseg export keeps no PyTorch weights)" if fmt == "onnx" else \
             "PyTorch weights only (make ONNX files with `steelseg export`)"
@@ -140,9 +144,9 @@ def load_runner(folder: Path, backend: str, device: str = "cpu", which: str = "b
     if fmt == "onnx":
         if device not in ("cpu", "auto"):
             raise DataError(f"{folder}: the ONNX backend runs on the CPU; use --device cpu or --backend torch")
-        return OnnxRunner(folder, read_model_json(folder), threads)
+        return OnnxRunner(folder, meta, threads)
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
-    return TorchRunner.load(folder, which, device)
+    return TorchRunner.load(folder, which, device, meta)

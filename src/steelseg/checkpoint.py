@@ -56,12 +56,14 @@ def load_state(path: str | Path) -> dict[str, Any]:
                         "was it truncated or overwritten?") from None
 
 
-def load_model(folder: str | Path, which: str = "best", device: str = "cpu") -> tuple[Any, ModelMeta]:
-    """Rebuild a model from ``model.json`` and load ``{which}.safetensors``; returns (model, meta)."""
+def load_model(folder: str | Path, which: str = "best", device: str = "cpu",
+               meta: ModelMeta | None = None) -> tuple[Any, ModelMeta]:
+    """Rebuild a model from ``model.json`` (or ``meta``, when the caller has read it already) and load
+    ``{which}.safetensors``; returns (model, meta)."""
     from steelseg.models import create_model
 
     folder = Path(folder)
-    meta = read_model_json(folder)
+    meta = meta or read_model_json(folder)
     weights = folder / f"{which}.safetensors"
     if not weights.is_file():
         found = sorted(p.name for p in folder.glob("*.safetensors"))

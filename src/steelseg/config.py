@@ -60,8 +60,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     scheduler: str = "cosine"  # cosine | onecycle | none
     warmup_epochs: float = 0.0
-    loss: str = "bce_dice"  # bce | dice | bce_dice | focal | lovasz (classify: bce | focal)
+    loss: str = "bce_dice"  # bce | dice | bce_dice | focal | lovasz | bce_lovasz (classify: bce | focal)
     pos_weight: list[float] | None = None  # per-class positive weight for BCE
+    finetune_loss: str | None = None  # switch to this loss for the last finetune_share of the run (e.g. lovasz)
+    finetune_share: float = 0.2  # share of the run (steps or time budget, whichever is further) to fine-tune
     accumulate: int = 1
     precision: str = "auto"  # auto = 16-mixed on GPU, 32 on CPU
     early_stopping: int = 0  # patience in epochs, 0 = off
@@ -118,10 +120,12 @@ class RunConfig:
         return out
 
 
+NULLABLE = {("train", "finetune_loss")}  # choices that may also be null (off)
 CHOICES = {
     ("model", "task"): ["segment", "classify"],
     ("train", "scheduler"): ["cosine", "onecycle", "none"],
-    ("train", "loss"): ["bce", "dice", "bce_dice", "focal", "lovasz"],
+    ("train", "loss"): ["bce", "dice", "bce_dice", "focal", "lovasz", "bce_lovasz"],
+    ("train", "finetune_loss"): ["bce", "dice", "bce_dice", "focal", "lovasz", "bce_lovasz"],
     ("train", "precision"): ["auto", "32", "16-mixed", "bf16-mixed", "32-true"],
     ("track", "wandb_mode"): ["offline", "online", "disabled"],
 }
@@ -145,8 +149,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check choices and model names; raise ConfigError listing the valid ones."""
     for (section, key), choices in CHOICES.items():
         value = getattr(getattr(cfg, section), key)
+        if value is None and (section, key) in NULLABLE:
+            continue
         if str(value) not in choices:
-            raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(choices)}")
+            extra = " (or null)" if (section, key) in NULLABLE else ""
+            raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(choices)}{extra}")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"data.channels: {cfg.data.channels} (use 1 for grayscale or 3 for RGB)")
     if len(cfg.data.mean) != cfg.data.channels or len(cfg.data.std) != cfg.data.channels:
@@ -158,6 +165,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.binary is for classifiers (model.task: classify)")
     if cfg.model.task == "classify" and cfg.train.loss not in ("bce", "focal"):
         raise ConfigError(f"train.loss: {cfg.train.loss!r} is for segmenters; classifiers use bce or focal")
+    if cfg.model.task == "classify" and cfg.train.finetune_loss not in (None, "bce", "focal"):
+        raise ConfigError(f"train.finetune_loss: {cfg.train.finetune_loss!r} is for segmenters; "
+                          "classifiers use bce or focal (or null)")
     from steelseg.models import check_model_names
 
     check_model_names(cfg.model.task, cfg.model.arch, cfg.model.encoder)
@@ -201,6 +211,8 @@ def _check_ranges(cfg: RunConfig) -> None:
           "must be a decay in [0.5, 1), e.g. 0.998 (or null for no weight averaging)")
     _need(t.max_minutes is None or (_finite(t.max_minutes) and t.max_minutes > 0), "train.max_minutes",
           t.max_minutes, "must be > 0 (or null for no limit)")
+    _need(_finite(t.finetune_share) and 0 < t.finetune_share < 1, "train.finetune_share", t.finetune_share,
+          "must be a share of the run in (0, 1), e.g. 0.2 for the last fifth")
     _need(t.num_nodes >= 1, "train.num_nodes", t.num_nodes, "must be >= 1")
     for key, low in (("limit_train_batches", 1), ("limit_val_batches", 0)):  # 0 val batches: no validation
         v = getattr(t, key)

@@ -25,7 +25,7 @@ from steelseg.checkpoint import read_model_json
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, check_writable_dir, staged_dir
 from steelseg.images import IMAGE_EXTS, InputSpec, image_size, list_images, read_image, to_input
-from steelseg.schema import BundleInfo, build, load_json, to_dict
+from steelseg.schema import BundleInfo, ModelMeta, build, load_json, to_dict
 
 __all__ = ["Predictor", "Prediction", "predict_folder", "read_bundle", "resolve_model_dir", "write_bundle"]
 
@@ -84,9 +84,10 @@ class Predictor:
         cls_dirs = [resolve_model_dir(p) for p in classifiers]
         if not seg_dirs:
             raise DataError("no segmenter given")
-        backend = backend or _bundle_backend(seg_dirs + cls_dirs)
-        segs = [load_runner(d, backend, device, which, threads) for d in seg_dirs]
-        clss = [load_runner(d, backend, device, which, threads) for d in cls_dirs]
+        metas = {d: read_model_json(d) for d in seg_dirs + cls_dirs}  # each model.json parsed once
+        backend = backend or _bundle_backend(metas)
+        segs = [load_runner(d, backend, device, which, threads, metas[d]) for d in seg_dirs]
+        clss = [load_runner(d, backend, device, which, threads, metas[d]) for d in cls_dirs]
         names = segs[0].meta.class_names
         for m in segs + clss:
             binary = m.meta.task == "classify" and m.meta.model.outputs == 1
@@ -282,9 +283,10 @@ def _ramp(size: int, overlap: int) -> np.ndarray:
     return np.clip(edge / max(overlap, 1), 1.0 / max(overlap, 1), 1.0)
 
 
-def _bundle_backend(folders: Sequence[Path]) -> str:
-    """The one backend all model folders share; a bundle that mixes formats is refused by name."""
-    formats = {d: model_format(d) for d in folders}
+def _bundle_backend(metas: dict[Path, ModelMeta]) -> str:
+    """The one backend all model folders (with their model.json) share; a bundle that mixes formats
+    is refused by name."""
+    formats = {d: model_format(d, meta) for d, meta in metas.items()}
     if len(set(formats.values())) > 1:
         onnx = [str(d) for d, f in formats.items() if f == "onnx"]
         torch = [str(d) for d, f in formats.items() if f == "torch"]
@@ -311,7 +313,7 @@ def _copy_model(src: Path, dst: Path) -> list[str]:
     meta = read_model_json(src)
     dst.mkdir(parents=True)
     shutil.copyfile(src / "model.json", dst / "model.json")
-    if model_format(src) == "onnx":
+    if model_format(src, meta) == "onnx":
         name = str((meta.weights or {}).get("file", "model.onnx"))
         shutil.copyfile(src / name, dst / name)
     else:
@@ -336,7 +338,8 @@ def write_bundle(out: str | Path, segmenters: Sequence[str | Path], classifiers:
     dirs = {sub: [resolve_model_dir(d) for d in ds] for sub, ds in
             (("segmenters", segmenters), ("classifiers", classifiers))}
     names = list(class_names) if class_names else None
-    backend = _bundle_backend(dirs["segmenters"] + dirs["classifiers"]) if segmenters else "torch"
+    all_dirs = dirs["segmenters"] + dirs["classifiers"]
+    backend = _bundle_backend({d: read_model_json(d) for d in all_dirs}) if segmenters else "torch"
     with staged_dir(out, overwrite, "bundle") as stage:
         for sub, folders in dirs.items():
             for i, src in enumerate(folders):

@@ -67,8 +67,28 @@ class _FocalLoss(nn.Module):
         return sigmoid_focal_loss(logits, target, self.alpha, self.gamma, reduction="mean")
 
 
+class _PerClassLovasz(nn.Module):
+    """Lovasz hinge per class channel over the whole batch, averaged over classes.
+
+    The surrogate of the mean over classes of each class's IoU over the batch, which is what
+    mIoU (a confusion matrix summed over the split) rewards; smp's multilabel Lovasz flattens all
+    classes into one binary problem instead, so a large class would outweigh a small one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.binary = smp.losses.LovaszLoss(mode="binary", per_image=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # the sort and the cumulative sums want full precision under bf16
+        return torch.stack([self.binary(logits[:, c:c + 1], target[:, c:c + 1])
+                            for c in range(logits.shape[1])]).mean()
+
+
 def build_loss(name: str, task: str, num_classes: int, pos_weight: list[float] | None = None) -> nn.Module:
-    """BCE, Dice, BCE+Dice, focal or Lovasz over per-class sigmoid outputs."""
+    """BCE, Dice, BCE+Dice, focal, Lovasz or BCE+Lovasz over per-class sigmoid outputs."""
     import segmentation_models_pytorch as smp
 
     pw = None
@@ -89,7 +109,9 @@ def build_loss(name: str, task: str, num_classes: int, pos_weight: list[float] |
     if name == "bce_dice":
         return _SumLoss(bce, dice)
     if name == "lovasz":
-        return smp.losses.LovaszLoss(mode="multilabel", per_image=False)
+        return _PerClassLovasz()
+    if name == "bce_lovasz":
+        return _SumLoss(bce, _PerClassLovasz())
     raise ConfigError(f"train.loss: unknown loss {name!r}")
 
 
@@ -117,6 +139,10 @@ class SteelsegModule(L.LightningModule):
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg.train.loss, m.task, k, cfg.train.pos_weight)
+        t = cfg.train
+        self.finetune_fn = build_loss(t.finetune_loss, m.task, k, t.pos_weight) if t.finetune_loss else None
+        self._finetuning = False
+        self._total_steps: int | None = None  # set with the optimiser, for progress()
         self._val: list[dict[str, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,15 +156,46 @@ class SteelsegModule(L.LightningModule):
         labels = batch["labels"]
         return labels.amax(dim=1, keepdim=True) if self.cfg.model.binary else labels
 
+    def progress(self, step: int | None = None) -> float:
+        """Share of the run done at optimiser ``step`` (default: now): steps, or the time budget when
+        ``train.max_minutes`` is set and further along. Drives the lr schedule and the fine-tune phase."""
+        step = self.global_step if step is None else step
+        if self._total_steps is None:
+            self._total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        progress = step / self._total_steps
+        budget = self.cfg.train.max_minutes
+        if budget:
+            from lightning.pytorch.callbacks import Timer
+
+            timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
+            if timer is not None:
+                progress = max(progress, timer.time_elapsed() / (budget * 60))
+        return progress
+
+    def _train_loss(self) -> nn.Module:
+        """``train.loss``, or ``train.finetune_loss`` once the last ``finetune_share`` of the run began."""
+        t = self.cfg.train
+        if self.finetune_fn is None:
+            return self.loss_fn
+        if not self._finetuning and self.progress() >= 1 - t.finetune_share:
+            self._finetuning = True
+            if self.trainer.is_global_zero:
+                print(f"fine-tuning with train.finetune_loss={t.finetune_loss} from step {self.global_step} "
+                      f"({100 * self.progress():.0f}% of the run done)", file=sys.stderr, flush=True)
+        return self.finetune_fn if self._finetuning else self.loss_fn
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self.loss_fn(logits, self._target(batch))
+        loss = self._train_loss()(logits, self._target(batch))
         if not torch.isfinite(loss):  # training on would save a NaN "best" model
             raise TrainingError(
                 f"training loss is {float(loss)} at epoch {self.current_epoch + 1}, step {self.global_step}: "
                 "stopped. Lower train.lr, check the images (all finite?) and masks, or use precision 32")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=batch["image"].shape[0], sync_dist=True)
+        if self.finetune_fn is not None:  # per epoch, the share of its steps that fine-tuned (metrics.csv)
+            self.log("train/finetune", float(self._finetuning), on_step=False, on_epoch=True,
+                     batch_size=batch["image"].shape[0], sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -198,20 +255,13 @@ class SteelsegModule(L.LightningModule):
         opt = torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         if t.scheduler == "none":
             return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        self._total_steps = total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(total * t.warmup_epochs / max(t.epochs, 1))
-        budget = t.max_minutes * 60 if t.max_minutes else None
-        from lightning.pytorch.callbacks import Timer
-
-        timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
 
         def factor(step: int) -> float:
             # With a time budget the schedule ends when the budget does, whatever train.epochs says:
             # a run cut by max_minutes has annealed instead of stopping at a high learning rate.
-            progress = step / total
-            if budget and timer is not None:
-                progress = max(progress, timer.time_elapsed() / budget)
-            return lr_factor(t.scheduler, step, progress, warmup)
+            return lr_factor(t.scheduler, step, self.progress(step), warmup)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
