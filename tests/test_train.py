@@ -139,6 +139,11 @@ def test_finetune_loss_takes_over_for_the_last_share(synth_small, tmp_path) -> N
                           "train.limit_val_batches=1", "train.finetune_loss=lovasz", "train.finetune_share=0.5"))
     rows = read_metrics(result.run_dir)
     assert [float(r["train/finetune"]) for r in rows] == [0.0, 1.0]
+    from steelseg.report import write_report  # its loss plot shades the fine-tune epochs
+
+    report = write_report(result.run_dir, tmp_path / "report")
+    assert report["best_epoch_metrics"]["train/finetune"] in (0.0, 1.0)
+    assert (tmp_path / "report" / "img" / "loss.png").stat().st_size > 0
     with pytest.raises(ConfigError, match="finetune_loss.*or null"):
         tiny_cfg(synth_small, tmp_path, "train.finetune_loss=iou")
     with pytest.raises(ConfigError, match="finetune_share"):

@@ -44,6 +44,9 @@ def _curves(rows: list[dict[str, float]], img: Path) -> dict[str, str]:
     for key, label in (("train/loss_epoch", "train loss"), ("val/loss", "validation loss")):
         if any(key in r for r in rows):
             ax.plot(epochs, [r.get(key, np.nan) for r in rows], marker="o", label=label)
+    tuned = [e for e, r in zip(epochs, rows) if r.get("train/finetune", 0) > 0]
+    if tuned:  # train.finetune_loss: the train loss changes scale there; validation keeps train.loss
+        ax.axvspan(tuned[0] - 0.5, epochs[-1] + 0.5, color="tab:gray", alpha=0.15, label="train.finetune_loss")
     ax.set_xlabel("epoch"), ax.set_ylabel("loss"), ax.legend(), ax.grid(alpha=0.3)
     out["loss"] = _fig(img / "loss.png", fig)
     keys = [k for k in ("val/dice", "val/miou", "val/auc", "val/f1") if any(k in r for r in rows)]
