@@ -163,11 +163,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_ranges(cfg)
     if cfg.model.binary and cfg.model.task != "classify":
         raise ConfigError("model.binary is for classifiers (model.task: classify)")
-    if cfg.model.task == "classify" and cfg.train.loss not in ("bce", "focal"):
-        raise ConfigError(f"train.loss: {cfg.train.loss!r} is for segmenters; classifiers use bce or focal")
-    if cfg.model.task == "classify" and cfg.train.finetune_loss not in (None, "bce", "focal"):
-        raise ConfigError(f"train.finetune_loss: {cfg.train.finetune_loss!r} is for segmenters; "
-                          "classifiers use bce or focal (or null)")
+    for key in ("loss", "finetune_loss"):
+        value = getattr(cfg.train, key)
+        if cfg.model.task == "classify" and value is not None and value not in ("bce", "focal"):
+            extra = " (or null)" if ("train", key) in NULLABLE else ""
+            raise ConfigError(f"train.{key}: {value!r} is for segmenters; classifiers use bce or focal{extra}")
     from steelseg.models import check_model_names
 
     check_model_names(cfg.model.task, cfg.model.arch, cfg.model.encoder)

@@ -308,9 +308,9 @@ def read_bundle(path: str | Path) -> BundleInfo:
     return load_json(info_path, BundleInfo)
 
 
-def _copy_model(src: Path, dst: Path) -> list[str]:
-    """Copy a model folder's model.json and weights (safetensors or ONNX); returns its class names."""
-    meta = read_model_json(src)
+def _copy_model(src: Path, dst: Path, meta: ModelMeta) -> list[str]:
+    """Copy a model folder's model.json (read as ``meta``) and weights (safetensors or ONNX); returns
+    its class names."""
     dst.mkdir(parents=True)
     shutil.copyfile(src / "model.json", dst / "model.json")
     if model_format(src, meta) == "onnx":
@@ -338,12 +338,12 @@ def write_bundle(out: str | Path, segmenters: Sequence[str | Path], classifiers:
     dirs = {sub: [resolve_model_dir(d) for d in ds] for sub, ds in
             (("segmenters", segmenters), ("classifiers", classifiers))}
     names = list(class_names) if class_names else None
-    all_dirs = dirs["segmenters"] + dirs["classifiers"]
-    backend = _bundle_backend({d: read_model_json(d) for d in all_dirs}) if segmenters else "torch"
+    metas = {d: read_model_json(d) for d in dirs["segmenters"] + dirs["classifiers"]}  # each parsed once
+    backend = _bundle_backend(metas) if segmenters else "torch"
     with staged_dir(out, overwrite, "bundle") as stage:
         for sub, folders in dirs.items():
             for i, src in enumerate(folders):
-                model_names = _copy_model(src, stage / sub / str(i))
+                model_names = _copy_model(src, stage / sub / str(i), metas[src])
                 if names is None and sub == "segmenters":
                     names = model_names
         if names is None:

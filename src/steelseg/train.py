@@ -142,7 +142,7 @@ class SteelsegModule(L.LightningModule):
         t = cfg.train
         self.finetune_fn = build_loss(t.finetune_loss, m.task, k, t.pos_weight) if t.finetune_loss else None
         self._finetuning = False
-        self._total_steps: int | None = None  # set with the optimiser, for progress()
+        self._total_steps: int | None = None  # _run_steps(), asked of Lightning once
         self._val: list[dict[str, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,9 +160,7 @@ class SteelsegModule(L.LightningModule):
         """Share of the run done at optimiser ``step`` (default: now): steps, or the time budget when
         ``train.max_minutes`` is set and further along. Drives the lr schedule and the fine-tune phase."""
         step = self.global_step if step is None else step
-        if self._total_steps is None:
-            self._total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        progress = step / self._total_steps
+        progress = step / self._run_steps()
         budget = self.cfg.train.max_minutes
         if budget:
             from lightning.pytorch.callbacks import Timer
@@ -171,6 +169,12 @@ class SteelsegModule(L.LightningModule):
             if timer is not None:
                 progress = max(progress, timer.time_elapsed() / (budget * 60))
         return progress
+
+    def _run_steps(self) -> int:
+        """Optimiser steps the run is planned for (Lightning's estimate, asked once)."""
+        if self._total_steps is None:
+            self._total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        return self._total_steps
 
     def _train_loss(self) -> nn.Module:
         """``train.loss``, or ``train.finetune_loss`` once the last ``finetune_share`` of the run began."""
@@ -255,7 +259,7 @@ class SteelsegModule(L.LightningModule):
         opt = torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         if t.scheduler == "none":
             return opt
-        self._total_steps = total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self._run_steps()
         warmup = int(total * t.warmup_epochs / max(t.epochs, 1))
 
         def factor(step: int) -> float:
