@@ -1,6 +1,7 @@
 """Training speed of the CPU recipe's knobs, one process: fp32 -> channels-last -> bf16 autocast ->
-lighter U-Net decoder, then two candidates for the next step (192x192 training crops, which the model
-needs no padding for; torch.compile with --compile), each as images/s of forward + backward + AdamW
+lighter U-Net decoder -> depthwise convolutions kept in fp32 under bf16 (`train.depthwise_fp32`),
+then candidates for the next step (192x192 training crops, which the model needs no padding for;
+torch.compile with --compile), each as images/s of forward + backward + AdamW
 step and the ratio against the plain fp32 model (the first line).  The models are built as
 `steelseg train` builds them (`create_segmenter`), on random 200x200 NEU-Seg-sized input padded to
 224 as the model pads it.
@@ -17,15 +18,17 @@ import time
 
 import torch
 
-from steelseg.models import create_segmenter
+from steelseg.models import create_segmenter, depthwise_in_fp32
 
 
 def images_per_s(encoder: str, batch: int, steps: int, *, channels_last: bool, bf16: bool,
                  decoder: list[int] | None, arch: str = "unet", size: int = 224,
-                 compiled: bool = False) -> float:
+                 compiled: bool = False, dw32: bool = False) -> float:
     torch.manual_seed(0)
     kwargs = {"decoder_channels": decoder} if decoder else {}
     model = create_segmenter(arch, encoder, 3, 1, None, False, **kwargs).train()
+    if dw32:
+        depthwise_in_fp32(model)
     x = torch.randn(batch, 1, size, size)
     y = (torch.rand(batch, 3, size, size) > 0.9).float()
     if channels_last:
@@ -48,6 +51,23 @@ def images_per_s(encoder: str, batch: int, steps: int, *, channels_last: bool, b
     return batch * steps / sum(times[1:])
 
 
+def depthwise_ms(batch: int, dtype: torch.dtype, reps: int = 5) -> tuple[float, float]:
+    """Forward and backward milliseconds of one depthwise convolution (input and weight gradients)."""
+    c = 144
+    x = torch.randn(batch, c, 59, 59, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(c, 1, 5, 5, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    fwd = bwd = 0.0
+    for i in range(reps + 1):  # the first one warms up
+        t0 = time.perf_counter()
+        y = torch.nn.functional.conv2d(x, w, stride=2, groups=c)
+        t1 = time.perf_counter()
+        y.backward(torch.ones_like(y))
+        t2 = time.perf_counter()
+        if i:
+            fwd, bwd = fwd + t1 - t0, bwd + t2 - t1
+    return fwd / reps * 1e3, bwd / reps * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoder", default="tu-tf_efficientnet_lite0")
@@ -61,17 +81,24 @@ def main() -> None:
         ("fp32 channels-last", dict(channels_last=True, bf16=False, decoder=None)),
         ("bf16 autocast, channels-last", dict(channels_last=True, bf16=True, decoder=None)),
         (f"bf16, channels-last, decoder {light}", dict(channels_last=True, bf16=True, decoder=light)),
+        ("+ depthwise convolutions in fp32 (the recipe)", dict(channels_last=True, bf16=True, decoder=light, dw32=True)),
         ("bf16, channels-last, FPN", dict(channels_last=True, bf16=True, decoder=None, arch="fpn")),
-        ("recipe (bf16, light decoder) on 192x192 crops", dict(channels_last=True, bf16=True, decoder=light, size=192)),
+        ("recipe on 192x192 crops", dict(channels_last=True, bf16=True, decoder=light, dw32=True, size=192)),
     ]
     if args.compile:
-        rows.append(("recipe + torch.compile", dict(channels_last=True, bf16=True, decoder=light, compiled=True)))
+        rows.append(("recipe + torch.compile", dict(channels_last=True, bf16=True, decoder=light, dw32=True,
+                                                    compiled=True)))
     base = None
     print(f"U-Net {args.encoder}, batch {args.batch}, 1x224x224, {torch.get_num_threads()} threads")
     for name, kw in rows:
         ips = images_per_s(args.encoder, args.batch, args.steps, **kw)
         base = base or ips
         print(f"{name:48s} {ips:7.1f} img/s  {ips / base:5.2f}x", flush=True)
+    print("why: one depthwise layer of the encoder (5x5, stride 2, 144 channels, 59x59 in), batch "
+          f"{args.batch}, channels-last")
+    for dtype in (torch.float32, torch.bfloat16):
+        fwd, bwd = depthwise_ms(args.batch, dtype)
+        print(f"  {str(dtype).removeprefix('torch.'):9s} forward {fwd:6.1f} ms  backward {bwd:6.1f} ms", flush=True)
 
 
 if __name__ == "__main__":

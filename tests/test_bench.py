@@ -29,7 +29,8 @@ def test_recipe_speed_bench_runs() -> None:
                           "--batch", "2", "--steps", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "fp32 (baseline)" in out.stdout and "1.00x" in out.stdout and "FPN" in out.stdout
-    assert "192x192 crops" in out.stdout
+    assert "192x192 crops" in out.stdout and "depthwise convolutions in fp32" in out.stdout
+    assert "bfloat16  forward" in out.stdout
 
 
 def test_inference_bench_runs() -> None:

@@ -23,10 +23,11 @@ DEC = {"decoder_channels": [16, 16, 8, 8, 8]}
 
 
 def model_folder(root: Path, task: str = "segment", arch: str = "unet", outputs: int = 4,
-                 per_class: bool = False, seed: int = 0) -> Path:
-    """A random-init tiny model saved as safetensors + model.json."""
+                 per_class: bool = False, seed: int = 0, extra: dict | None = None) -> Path:
+    """A random-init tiny model saved as safetensors + model.json (``extra``: more model kwargs)."""
     torch.manual_seed(seed)
-    kwargs = DEC if arch in ("unet", "unetplusplus") and task == "segment" else {}
+    kwargs = dict(DEC) if arch in ("unet", "unetplusplus") and task == "segment" else {}
+    kwargs.update(extra or {})
     if task == "segment":
         net = create_segmenter(arch, "tu-test_resnet", outputs, 1, per_class=per_class, **kwargs)
     else:
@@ -70,6 +71,22 @@ def test_export_parity_each_architecture(arch, tmp_path) -> None:
         return
     a = Predictor.from_bundle(bundle).predict(other)
     b = onnx.predict(other)
+    for x, y in zip(a, b):
+        assert x.probs.shape == y.probs.shape == (50, 200, 4)
+        np.testing.assert_allclose(x.probs, y.probs, atol=1e-4)
+
+
+def test_export_parity_with_input_scale(tmp_path) -> None:
+    """model.kwargs.input_scale resizes inside the model: the ONNX graph does the same at any size."""
+    seg = model_folder(tmp_path, extra={"input_scale": 1.3})
+    assert json.loads((seg / "model.json").read_text())["model"]["kwargs"]["input_scale"] == 1.3
+    bundle = write_bundle(tmp_path / "b", [seg], [], PostProcess([0.5] * 4, [0] * 4), kind="plain")
+    rep = export_bundle(bundle, tmp_path / "onnx", images())
+    assert rep.parity_max_abs < 1e-3 and rep.models[0]["dynamic_hw"]
+    assert rep.models[0]["stride"] is None  # the graph resizes, then pads: the runner must not pad first
+    other = images(2, (50, 200), seed=1)  # 65x260 inside, padded to 96x288, logits back to 50x200
+    a = Predictor.from_bundle(bundle).predict(other)
+    b = Predictor.from_bundle(tmp_path / "onnx").predict(other)
     for x, y in zip(a, b):
         assert x.probs.shape == y.probs.shape == (50, 200, 4)
         np.testing.assert_allclose(x.probs, y.probs, atol=1e-4)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from steelseg.errors import ConfigError
-from steelseg.models import create_classifier, create_segmenter
+from steelseg.models import create_classifier, create_segmenter, depthwise_in_fp32
 
 TINY = "tu-test_resnet"
 DEC = {"decoder_channels": [16, 16, 8, 8, 8]}
@@ -20,6 +22,21 @@ class TestSegmenters:
         with torch.no_grad():
             assert m(torch.zeros(2, 1, 64, 64)).shape == (2, 4, 64, 64)
             assert m(torch.zeros(1, 1, 50, 70)).shape == (1, 4, 50, 70)  # not a multiple of 32
+
+    def test_input_scale_resizes_inside_the_model(self) -> None:
+        m = create_segmenter("unet", TINY, classes=2, in_channels=1, input_scale=1.28, **DEC).eval()
+        plain = create_segmenter("unet", TINY, classes=2, in_channels=1, **DEC).eval()
+        plain.load_state_dict(m.state_dict())  # the scale holds no weights
+        x = torch.rand(1, 1, 50, 70)
+        with torch.no_grad():
+            out = m(x)
+            assert out.shape == (1, 2, 50, 70)  # logits at the caller's size
+            up = torch.nn.functional.interpolate(x, scale_factor=1.28, mode="bilinear")  # 64x89 inside
+            ref = torch.nn.functional.interpolate(plain(up), size=(50, 70), mode="bilinear")
+            torch.testing.assert_close(out, ref)
+            assert not torch.allclose(out, plain(x), atol=1e-3)  # the scale changed what the net saw
+        with pytest.raises(ConfigError, match="input_scale"):
+            create_segmenter("unet", TINY, classes=2, input_scale=10.0)
 
     def test_three_channels_and_per_class(self) -> None:
         m = create_segmenter("unet", TINY, classes=3, in_channels=3, per_class=True, **DEC).eval()
@@ -49,3 +66,26 @@ def test_unknown_names_list_choices() -> None:
         create_segmenter("unet", "tu-not_a_model", 2)
     with pytest.raises(ConfigError, match="unknown timm classifier"):
         create_classifier("not_a_model", 2)
+
+
+def test_depthwise_in_fp32_only_changes_the_compute_dtype_under_cpu_autocast() -> None:
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 5, padding=2, groups=8),
+                            torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.nn.Conv2d(8, 2, 1))
+    ref = copy.deepcopy(m)
+    x = torch.randn(2, 1, 16, 16)
+    keys = list(m.state_dict())
+    assert depthwise_in_fp32(m) == 1  # only the depthwise layer (groups == in_channels), not grouped convs
+    assert depthwise_in_fp32(m) == 0  # already switched
+    assert list(m.state_dict()) == keys and type(m[1]).__name__ == "Conv2dFp32"
+    assert isinstance(copy.deepcopy(m)[1], type(m[1]))  # the EMA copy keeps it
+    with torch.no_grad():
+        assert torch.equal(m(x), ref(x))  # without autocast: the same module
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert m[1](torch.randn(2, 8, 16, 16).bfloat16()).dtype == torch.float32
+            assert ref[1](torch.randn(2, 8, 16, 16).bfloat16()).dtype == torch.bfloat16
+            assert m[:2](x).dtype == torch.float32 and m(x).dtype == torch.bfloat16  # the next layer is bf16 again
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x).float().sum().backward()
+    assert m[1].weight.grad is not None and m[1].weight.grad.dtype == torch.float32
+    assert torch.isfinite(m[1].weight.grad).all() and m[1].weight.grad.abs().sum() > 0

@@ -102,13 +102,15 @@ class OnnxRunner:
                             f"{str(exc).splitlines()[0][:300]}); was it truncated or overwritten?") from None
         self.input = self.session.get_inputs()[0].name
         self.segment = meta.model.task == "segment"
+        # stride null: the graph pads (and resizes) inside, as an input_scale segmenter's export does
+        self.pad = self.segment and info.get("stride", STRIDE) is not None
         self.dynamic_hw = bool(info.get("dynamic_hw", True))
         self.dynamic_batch = bool(info.get("dynamic_batch", True))
         self.size = info.get("export_size")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         h, w = x.shape[-2:]
-        if self.segment:
+        if self.pad:
             x = pad_to_stride(x)
         if not self.dynamic_hw and self.size and list(x.shape[-2:]) != list(self.size):
             raise DataError(f"{self.source}: this ONNX model takes {self.size[1]}x{self.size[0]} images only "

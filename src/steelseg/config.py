@@ -50,7 +50,8 @@ class ModelConfig:
     encoder_weights: str | None = None  # None = random init (offline); "imagenet" when online
     per_class: bool = False  # one binary segmenter per class instead of one multi-class model
     binary: bool = False  # classify only: one "any defect" output instead of one per class
-    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the smp / timm constructor
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the smp / timm constructor;
+    # input_scale (segment) resizes images by that factor inside the model, logits back (small images)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class TrainConfig:
     limit_train_batches: int | float = 1.0  # Lightning's meaning: int = batches, float = share
     limit_val_batches: int | float = 1.0
     channels_last: bool = True  # NHWC memory format: about 20% faster convolutions on CPU and GPU
+    depthwise_fp32: bool = True  # under bf16 on CPU, depthwise convolutions in fp32 (their bf16 backward is slow)
     max_minutes: float | None = None  # wall-clock budget (Lightning max_time); the lr schedule ends with it
     ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.998), null = off;
     # validation, best.safetensors and last.safetensors then use the averaged weights

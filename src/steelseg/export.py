@@ -64,7 +64,9 @@ class ExportReport:
 
 class _Probs:
     """Wraps a PyTorch model so the exported graph ends in a sigmoid and skips the stride padding
-    (``OnnxRunner`` pads in NumPy exactly as ``Segmenter.forward`` does)."""
+    (``OnnxRunner`` pads in NumPy exactly as ``Segmenter.forward`` does). A segmenter with an
+    ``input_scale`` keeps its whole forward (resize, pad, crop, resize back) in the graph: the
+    padding has to come after the resize there."""
 
     @staticmethod
     def wrap(net: Any, segment: bool) -> Any:
@@ -76,7 +78,9 @@ class _Probs:
                 self.net = net
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                if segment:
+                if segment and _scaled(self.net):
+                    out = self.net(x)
+                elif segment:
                     members = self.net.members
                     out = torch.cat([m(x) for m in members], 1) if len(members) > 1 else members[0](x)
                 else:
@@ -86,13 +90,18 @@ class _Probs:
         return Probs().eval()
 
 
+def _scaled(net: Any) -> bool:
+    return float(getattr(net, "input_scale", 1.0)) != 1.0
+
+
 def _export_one(runner: Any, dst: Path, sample: np.ndarray, opset: int) -> dict[str, Any]:
     """Export one torch runner to ``dst/model.onnx``; returns the model.json ``weights`` record."""
     import torch
 
     segment = runner.meta.task == "segment"
+    pads_inside = segment and _scaled(runner.net)  # the graph takes any size; the runner must not pad
     net = _Probs.wrap(runner.net.float().cpu().eval(), segment)
-    x = pad_to_stride(sample[:1]) if segment else sample[:1]
+    x = pad_to_stride(sample[:1]) if segment and not pads_inside else sample[:1]
     dst.mkdir(parents=True)
     path = dst / ONNX_FILE
     def export(axes: dict[int, str]) -> None:
@@ -104,7 +113,8 @@ def _export_one(runner: Any, dst: Path, sample: np.ndarray, opset: int) -> dict[
                               do_constant_folding=True)
 
     info = {"format": "onnx", "file": ONNX_FILE, "opset": opset, "quantized": None, "dynamic_batch": True,
-            "dynamic_hw": True, "export_size": list(x.shape[-2:]), "stride": STRIDE if segment else None}
+            "dynamic_hw": True, "export_size": list(x.shape[-2:]),
+            "stride": STRIDE if segment and not pads_inside else None}
     try:
         export({0: "batch", 2: "height", 3: "width"})
     except Exception:  # some graphs need known sizes: try a fixed-size graph, batch 1

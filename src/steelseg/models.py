@@ -18,7 +18,8 @@ from torch import nn
 from steelseg.errors import ConfigError
 from steelseg.schema import ModelSpec, check_model_kwargs
 
-__all__ = ["ARCHS", "Segmenter", "check_model_names", "create_classifier", "create_model", "create_segmenter"]
+__all__ = ["ARCHS", "Segmenter", "check_model_names", "create_classifier", "create_model", "create_segmenter",
+           "depthwise_in_fp32"]
 
 # name -> smp class name; one plain dict is the registry.
 ARCHS = {
@@ -81,21 +82,31 @@ class Segmenter(nn.Module):
     """Wraps smp models: pads inputs to a multiple of the stride, crops logits back.
 
     With several ``members`` (``per_class``), each predicts one class and logits are concatenated.
+    With ``input_scale`` other than 1 the image is resized by that factor first (bilinear) and the
+    logits resized back to the input's size, so callers, losses and masks never see the scale: small
+    images (NEU-Seg's 200x200) get finer features for boundaries at the cost of more pixels.
     """
 
-    def __init__(self, members: list[nn.Module], stride: int = 32) -> None:
+    def __init__(self, members: list[nn.Module], stride: int = 32, input_scale: float = 1.0) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.stride = stride
+        self.input_scale = float(input_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        if self.input_scale != 1.0:
+            x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         out = torch.cat([m(x) for m in self.members], dim=1) if len(self.members) > 1 else self.members[0](x)
-        return out[..., :h, :w]
+        out = out[..., :h, :w]
+        if self.input_scale != 1.0:
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return out
 
 
 def _smp_model(arch: str, encoder: str, classes: int, in_channels: int, encoder_weights: str | None,
@@ -115,6 +126,7 @@ def create_segmenter(arch: str, encoder: str, classes: int, in_channels: int = 1
 
     check_model_names("segment", arch, encoder)
     kwargs = _checked_kwargs("segment", kwargs)
+    input_scale = kwargs.pop("input_scale", 1.0)  # the wrapper's, not smp's
     hub = None if is_local(encoder_weights) else encoder_weights  # files and packages load below
     if per_class:
         members = [_smp_model(arch, encoder, 1, in_channels, hub, **kwargs) for _ in range(classes)]
@@ -125,7 +137,7 @@ def create_segmenter(arch: str, encoder: str, classes: int, in_channels: int = 1
         for m in members:
             target = m.encoder.model if encoder.startswith("tu-") else m.encoder
             load_pretrained(target, state, f"encoder {encoder}", in_channels)
-    return Segmenter(members)
+    return Segmenter(members, input_scale=input_scale)
 
 
 def create_classifier(encoder: str, classes: int, in_channels: int = 1,
@@ -159,3 +171,44 @@ def _checked_kwargs(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return {k: v for k, v in kwargs.items() if v is not None}
+
+
+class _Fp32UnderCpuAutocast:
+    """Mixin for a convolution class: under CPU autocast it runs in float32 (input cast up, autocast off)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and _cpu_autocast_on():
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())  # type: ignore[misc]
+        return super().forward(x)  # type: ignore[misc]
+
+
+_FP32_CLASSES: dict[type, type] = {}
+
+
+def _cpu_autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
+def depthwise_in_fp32(model: nn.Module) -> int:
+    """Make ``model``'s depthwise convolutions run in float32 under CPU autocast; returns how many.
+
+    oneDNN's bf16 depthwise-convolution backward is 2-5x slower than its float32 one on CPU (for a
+    5x5 stride-2 layer of EfficientNet-Lite0: 94 ms against 17 ms, channels-last, ``bench/recipe_speed.py``),
+    and depthwise layers then take half of a bf16 training step. Each such module's class is swapped
+    for a subclass, so parameter names, ``state_dict`` and deep copies (EMA) are unchanged; on GPU, or
+    without autocast, the module behaves as before.
+    """
+    n = 0
+    for mod in model.modules():
+        cls = type(mod)
+        if (isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups == mod.in_channels
+                and not isinstance(mod, _Fp32UnderCpuAutocast)):
+            if cls not in _FP32_CLASSES:
+                _FP32_CLASSES[cls] = type(f"{cls.__name__}Fp32", (_Fp32UnderCpuAutocast, cls), {})
+            mod.__class__ = _FP32_CLASSES[cls]
+            n += 1
+    return n

@@ -158,6 +158,7 @@ SEGMENTER_KWARGS = {
     "encoder_output_stride": (8, 32), "decoder_atrous_rates": (1, 64), "upsampling": (1, 32),
     "psp_out_channels": (1, 2048), "psp_use_batchnorm": None, "psp_dropout": (0.0, 1.0),
     "decoder_interpolation": None,
+    "input_scale": (0.25, 4.0),  # steelseg's own (Segmenter): resize the input by this factor, logits back
 }
 CLASSIFIER_KWARGS = {"drop_rate": (0.0, 1.0), "drop_path_rate": (0.0, 1.0), "global_pool": None}
 

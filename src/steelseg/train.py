@@ -125,7 +125,7 @@ class SteelsegModule(L.LightningModule):
 
     def __init__(self, cfg: RunConfig, class_names: list[str]) -> None:
         super().__init__()
-        from steelseg.models import create_classifier, create_segmenter
+        from steelseg.models import create_classifier, create_segmenter, depthwise_in_fp32
 
         self.cfg = cfg
         self.class_names = output_names(cfg, class_names)
@@ -138,6 +138,8 @@ class SteelsegModule(L.LightningModule):
             self.model = create_classifier(m.encoder, k, cfg.data.channels, m.encoder_weights, **m.kwargs)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.train.depthwise_fp32:  # a no-op unless the run trains under CPU autocast
+            depthwise_in_fp32(self.model)
         self.loss_fn = build_loss(cfg.train.loss, m.task, k, cfg.train.pos_weight)
         t = cfg.train
         self.finetune_fn = build_loss(t.finetune_loss, m.task, k, t.pos_weight) if t.finetune_loss else None
