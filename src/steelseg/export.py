@@ -69,7 +69,8 @@ class _Probs:
     padding has to come after the resize there."""
 
     @staticmethod
-    def wrap(net: Any, segment: bool) -> Any:
+    def wrap(net: Any, segment: bool, whole: bool = False) -> Any:
+        """``whole``: a segmenter's full forward in the graph, resize and padding included."""
         import torch
 
         class Probs(torch.nn.Module):
@@ -78,20 +79,10 @@ class _Probs:
                 self.net = net
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                if segment and _scaled(self.net):
-                    out = self.net(x)
-                elif segment:
-                    members = self.net.members
-                    out = torch.cat([m(x) for m in members], 1) if len(members) > 1 else members[0](x)
-                else:
-                    out = self.net(x)
+                out = self.net.members_forward(x) if segment and not whole else self.net(x)
                 return torch.sigmoid(out)
 
         return Probs().eval()
-
-
-def _scaled(net: Any) -> bool:
-    return float(getattr(net, "input_scale", 1.0)) != 1.0
 
 
 def _export_one(runner: Any, dst: Path, sample: np.ndarray, opset: int) -> dict[str, Any]:
@@ -99,8 +90,9 @@ def _export_one(runner: Any, dst: Path, sample: np.ndarray, opset: int) -> dict[
     import torch
 
     segment = runner.meta.task == "segment"
-    pads_inside = segment and _scaled(runner.net)  # the graph takes any size; the runner must not pad
-    net = _Probs.wrap(runner.net.float().cpu().eval(), segment)
+    # an input_scale segmenter resizes before it pads: its graph takes any size, the runner must not pad
+    pads_inside = segment and runner.net.input_scale != 1.0
+    net = _Probs.wrap(runner.net.float().cpu().eval(), segment, whole=pads_inside)
     x = pad_to_stride(sample[:1]) if segment and not pads_inside else sample[:1]
     dst.mkdir(parents=True)
     path = dst / ONNX_FILE

@@ -102,11 +102,14 @@ class Segmenter(nn.Module):
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        out = torch.cat([m(x) for m in self.members], dim=1) if len(self.members) > 1 else self.members[0](x)
-        out = out[..., :h, :w]
+        out = self.members_forward(x)[..., :h, :w]
         if self.input_scale != 1.0:
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
         return out
+
+    def members_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' logits on ``x`` as given: no resize, no padding (ONNX export pads outside)."""
+        return torch.cat([m(x) for m in self.members], dim=1) if len(self.members) > 1 else self.members[0](x)
 
 
 def _smp_model(arch: str, encoder: str, classes: int, in_channels: int, encoder_weights: str | None,
