@@ -1,7 +1,8 @@
 """Training speed of the CPU recipe's knobs, one process: fp32 -> channels-last -> bf16 autocast ->
 lighter U-Net decoder -> depthwise convolutions kept in fp32 under bf16 (`train.depthwise_fp32`),
-then candidates for the next step (192x192 training crops, which the model needs no padding for;
-torch.compile with --compile), each as images/s of forward + backward + AdamW
+then candidates for the next step (the encoder's layers up to 1/4 resolution frozen,
+`train.freeze_stride: 4`; 192x192 training crops, which the model needs no padding for; torch.compile
+with --compile), each as images/s of forward + backward + AdamW
 step and the ratio against the plain fp32 model (the first line).  The models are built as
 `steelseg train` builds them (`create_segmenter`), on random 200x200 NEU-Seg-sized input padded to
 224 as the model pads it.
@@ -18,23 +19,25 @@ import time
 
 import torch
 
-from steelseg.models import create_segmenter, depthwise_in_fp32
+from steelseg.models import create_segmenter, depthwise_in_fp32, freeze_to_stride
 
 
 def images_per_s(encoder: str, batch: int, steps: int, *, channels_last: bool, bf16: bool,
                  decoder: list[int] | None, arch: str = "unet", size: int = 224,
-                 compiled: bool = False, dw32: bool = False) -> float:
+                 compiled: bool = False, dw32: bool = False, freeze: int = 0) -> float:
     torch.manual_seed(0)
     kwargs = {"decoder_channels": decoder} if decoder else {}
     model = create_segmenter(arch, encoder, 3, 1, None, False, **kwargs).train()
     if dw32:
         depthwise_in_fp32(model)
+    if freeze:
+        freeze_to_stride(model, freeze)
     x = torch.randn(batch, 1, size, size)
     y = (torch.rand(batch, 3, size, size) > 0.9).float()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
     if compiled:
         model = torch.compile(model)
     times = []
@@ -82,6 +85,8 @@ def main() -> None:
         ("bf16 autocast, channels-last", dict(channels_last=True, bf16=True, decoder=None)),
         (f"bf16, channels-last, decoder {light}", dict(channels_last=True, bf16=True, decoder=light)),
         ("+ depthwise convolutions in fp32 (the recipe)", dict(channels_last=True, bf16=True, decoder=light, dw32=True)),
+        ("recipe, layers up to 1/4 frozen (freeze_stride 4)", dict(channels_last=True, bf16=True, decoder=light,
+                                                                 dw32=True, freeze=4)),
         ("bf16, channels-last, FPN", dict(channels_last=True, bf16=True, decoder=None, arch="fpn")),
         ("recipe on 192x192 crops", dict(channels_last=True, bf16=True, decoder=light, dw32=True, size=192)),
     ]

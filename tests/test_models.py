@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from steelseg.errors import ConfigError
-from steelseg.models import create_classifier, create_segmenter, depthwise_in_fp32
+from steelseg.models import create_classifier, create_segmenter, depthwise_in_fp32, freeze_to_stride
 
 TINY = "tu-test_resnet"
 DEC = {"decoder_channels": [16, 16, 8, 8, 8]}
@@ -89,3 +89,38 @@ def test_depthwise_in_fp32_only_changes_the_compute_dtype_under_cpu_autocast() -
         m(x).float().sum().backward()
     assert m[1].weight.grad is not None and m[1].weight.grad.dtype == torch.float32
     assert torch.isfinite(m[1].weight.grad).all() and m[1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("stride", [2, 4, 8])
+def test_freeze_to_stride_freezes_the_layers_before_the_first_coarser_one(stride: int) -> None:
+    torch.manual_seed(0)
+    m = create_segmenter("unet", TINY, classes=2, in_channels=1, **DEC)
+    n = freeze_to_stride(m, stride)
+    frozen = [k for k, p in m.named_parameters() if not p.requires_grad]
+    assert n == len(frozen) > 0 and all(k.startswith("members.0.encoder.") for k in frozen)
+    # Every frozen layer works at 1/stride or finer; the first trainable encoder layer that runs is coarser.
+    seen: list[tuple[str, bool, int, int]] = []
+    owners = {mod: name for name, mod in m.named_modules() if any(True for _ in mod.parameters(recurse=False))}
+
+    def hook(mod, args, out) -> None:
+        if out.dim() == 4 and out.shape[-1] > 1:
+            seen.append((owners[mod], next(mod.parameters()).requires_grad, args[0].shape[-2], out.shape[-2]))
+
+    handles = [mod.register_forward_hook(hook) for mod in owners]
+    x = torch.rand(2, 1, 128, 128)
+    m(x).sum().backward()
+    for h in handles:
+        h.remove()
+    first_trainable = next(i for i, s in enumerate(seen) if s[1])
+    assert all(not s[1] for s in seen[:first_trainable]) and all(s[1] for s in seen[first_trainable:])
+    assert all(s[3] * stride >= 128 for s in seen[:first_trainable])
+    assert seen[first_trainable][3] * stride < 128
+    # autograd stops where the frozen part ends; every trainable tensor gets a gradient
+    assert all((p.grad is None) != p.requires_grad for p in m.parameters())
+    if stride > 2:  # a coarser stride freezes strictly more
+        fewer = create_segmenter("unet", TINY, classes=2, in_channels=1, **DEC)
+        assert 0 < freeze_to_stride(fewer, stride // 2) < n
+    per_class = create_segmenter("unet", TINY, classes=2, in_channels=1, per_class=True, **DEC)
+    assert freeze_to_stride(per_class, stride) == 2 * n  # each member alike
+    with pytest.raises(ConfigError, match="freeze_stride.*2, 4, 8 or 16"):
+        freeze_to_stride(m, 3)

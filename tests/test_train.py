@@ -167,6 +167,30 @@ def test_rebuilt_model_matches_trained(synth_small, tmp_path) -> None:
         torch.testing.assert_close(module(x), rebuilt(x))
 
 
+def test_freeze_stride_keeps_the_early_encoder_layers_as_loaded(synth_small, tmp_path) -> None:
+    """train.freeze_stride: the layers up to 1/4 resolution keep the loaded weights, the rest trains."""
+    from safetensors.torch import load_file, save_file
+
+    from steelseg.models import create_segmenter, freeze_to_stride
+
+    start = create_segmenter("unet", "tu-test_resnet", 4, 1, None, decoder_channels=[16, 16, 8, 8, 8])
+    weights = tmp_path / "encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in start.members[0].encoder.model.state_dict().items()}, str(weights))
+    n = freeze_to_stride(start, 4)
+    frozen = {k.removeprefix("members.0.encoder.model.") for k, p in start.named_parameters() if not p.requires_grad}
+    result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "train.limit_train_batches=4", "train.lr=0.01",
+                          f"model.encoder_weights={weights}", "train.freeze_stride=4"))
+    model, _ = load_model(result.run_dir / "model", which="last")
+    loaded = load_file(str(weights))
+    trained = {k: v for k, v in model.members[0].encoder.model.named_parameters()}
+    assert len(frozen) == n > 0
+    for k, v in trained.items():
+        same = torch.equal(v, loaded[k])
+        assert same == (k in frozen), k  # frozen: exactly as loaded; every other tensor moved
+    with pytest.raises(ConfigError, match="train.freeze_stride: 3"):
+        tiny_cfg(synth_small, tmp_path, "train.freeze_stride=3")
+
+
 def test_mlflow_records_params_and_metrics(synth_small, tmp_path) -> None:
     import mlflow
 

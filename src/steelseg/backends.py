@@ -104,6 +104,7 @@ class OnnxRunner:
         self.segment = meta.model.task == "segment"
         # stride null: the graph pads (and resizes) inside, as an input_scale segmenter's export does
         self.pad = self.segment and info.get("stride", STRIDE) is not None
+        self.scale = float((meta.model.kwargs or {}).get("input_scale", 1.0))
         self.dynamic_hw = bool(info.get("dynamic_hw", True))
         self.dynamic_batch = bool(info.get("dynamic_batch", True))
         self.size = info.get("export_size")
@@ -112,6 +113,8 @@ class OnnxRunner:
         h, w = x.shape[-2:]
         if self.pad:
             x = pad_to_stride(x)
+        elif self.segment:
+            self._check_inner_pad(h, w)
         if not self.dynamic_hw and self.size and list(x.shape[-2:]) != list(self.size):
             raise DataError(f"{self.source}: this ONNX model takes {self.size[1]}x{self.size[0]} images only "
                             f"(its architecture exported with a fixed size), got {w}x{h}")
@@ -121,6 +124,17 @@ class OnnxRunner:
         else:  # a graph exported for batch 1
             out = np.concatenate([self.session.run(None, {self.input: x[i:i + 1]})[0] for i in range(len(x))])
         return out[..., :h, :w] if self.segment else out
+
+    def _check_inner_pad(self, h: int, w: int) -> None:
+        """A graph that resizes and pads inside froze PyTorch's mirrored padding when it was traced;
+        mirroring needs the resized image to be larger than the pad, which ONNX Runtime would refuse
+        with its own error. Say what the image needs instead."""
+        sh, sw = int(h * self.scale), int(w * self.scale)  # floor, as the graph's Resize computes it
+        if any(0 < (-side) % STRIDE >= side for side in (sh, sw)):
+            need = next(n for n in range(1, 10 * STRIDE) if (-int(n * self.scale)) % STRIDE < int(n * self.scale))
+            raise DataError(f"{self.source}: a {w}x{h} image is too small for this ONNX model (it resizes by "
+                            f"{self.scale:g} and mirrors the edges to a multiple of {STRIDE} inside the graph): "
+                            f"give it images of at least {need} px per side, or use --backend torch")
 
 
 def model_format(folder: Path, meta: ModelMeta | None = None) -> str:

@@ -74,6 +74,7 @@ class TrainConfig:
     limit_val_batches: int | float = 1.0
     channels_last: bool = True  # NHWC memory format: about 20% faster convolutions on CPU and GPU
     depthwise_fp32: bool = True  # under bf16 on CPU, depthwise convolutions in fp32 (their bf16 backward is slow)
+    freeze_stride: int = 0  # freeze the encoder's layers up to 1/N resolution (2, 4, 8, 16; 0 = train all)
     max_minutes: float | None = None  # wall-clock budget (Lightning max_time); the lr schedule ends with it
     ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.998), null = off;
     # validation, best.safetensors and last.safetensors then use the averaged weights
@@ -215,6 +216,8 @@ def _check_ranges(cfg: RunConfig) -> None:
           t.max_minutes, "must be > 0 (or null for no limit)")
     _need(_finite(t.finetune_share) and 0 < t.finetune_share < 1, "train.finetune_share", t.finetune_share,
           "must be a share of the run in (0, 1), e.g. 0.2 for the last fifth")
+    _need(t.freeze_stride in (0, 2, 4, 8, 16), "train.freeze_stride", t.freeze_stride,
+          "must be 2, 4, 8 or 16 (freeze the encoder's layers up to that stride), or 0 to train every layer")
     _need(t.num_nodes >= 1, "train.num_nodes", t.num_nodes, "must be >= 1")
     for key, low in (("limit_train_batches", 1), ("limit_val_batches", 0)):  # 0 val batches: no validation
         v = getattr(t, key)

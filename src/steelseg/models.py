@@ -19,7 +19,7 @@ from steelseg.errors import ConfigError
 from steelseg.schema import ModelSpec, check_model_kwargs
 
 __all__ = ["ARCHS", "Segmenter", "check_model_names", "create_classifier", "create_model", "create_segmenter",
-           "depthwise_in_fp32"]
+           "depthwise_in_fp32", "freeze_to_stride"]
 
 # name -> smp class name; one plain dict is the registry.
 ARCHS = {
@@ -214,4 +214,62 @@ def depthwise_in_fp32(model: nn.Module) -> int:
                 _FP32_CLASSES[cls] = type(f"{cls.__name__}Fp32", (_Fp32UnderCpuAutocast, cls), {})
             mod.__class__ = _FP32_CLASSES[cls]
             n += 1
+    return n
+
+
+def freeze_to_stride(model: nn.Module, stride: int, in_channels: int = 1) -> int:
+    """Freeze every layer of ``model`` that runs before its first one coarser than 1/``stride``.
+
+    These are the stem and the first stages of the encoder (``stride`` 2, 4, 8 or 16): generic edge
+    and texture filters in a pretrained encoder, and the layers whose backward pass costs most on a
+    CPU (full-resolution activations, memory-bound depthwise convolutions). With nothing before them
+    needing a gradient, autograd stops where the frozen part ends. Batch norms there keep updating
+    their running statistics (their scale and shift are frozen). The layers are found by running the
+    model once on a blank 256x256 image (any encoder, timm or smp); each member of a per-class
+    segmenter is frozen alike. Returns how many parameter tensors were frozen; raises ConfigError
+    when ``stride`` is not 2, 4, 8 or 16.
+    """
+    if stride not in (2, 4, 8, 16):
+        raise ConfigError(f"train.freeze_stride: {stride!r}; must be 2, 4, 8 or 16 (or 0 for no freezing)")
+    nets = list(model.members) if isinstance(model, Segmenter) else [model]
+    return sum(_freeze_net(net, stride, in_channels) for net in nets)
+
+
+def _freeze_net(net: nn.Module, stride: int, in_channels: int) -> int:
+    order: list[nn.Module] = []  # modules with parameters of their own, in the order they ran
+    sizes: list[int | None] = []  # their output heights (None: not an image-shaped output, or pooled to 1x1)
+    ref: list[int] = []  # the height of the first input any module saw
+
+    def pre(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        if not ref and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            ref.append(int(args[0].shape[-2]))
+
+    def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        if mod not in order:
+            spatial = isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1
+            order.append(mod)
+            sizes.append(int(out.shape[-2]) if spatial else None)
+
+    owners = [m for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
+    handles = [m.register_forward_pre_hook(pre) for m in owners] + [m.register_forward_hook(post) for m in owners]
+    modes = {m: m.training for m in net.modules()}
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, in_channels, 256, 256))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    cut = next((i for i, h in enumerate(sizes) if h is not None and h * stride < ref[0]), None)
+    if cut is None:
+        raise ConfigError(f"train.freeze_stride: {stride}: no layer of this model works below 1/{stride} "
+                          "of the input's resolution; use a smaller stride")
+    n = 0
+    for mod in order[:cut]:
+        for p in mod.parameters(recurse=False):
+            if p.requires_grad:
+                p.requires_grad_(False)
+                n += 1
     return n

@@ -23,13 +23,13 @@ from steelseg.fsutil import atomic_json, atomic_text, check_writable_dir
 __all__ = ["write_report"]
 
 
-def _metrics(run: Path) -> list[dict[str, float]]:
+def _metrics(run: Path) -> list[dict[str, str]]:
     from steelseg.runs import read_metrics
 
     path = run / "metrics.csv"
     if not path.is_file():
         raise DataError(f"{path}: missing; a report needs a run that finished at least one epoch")
-    return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in read_metrics(path)]
+    return read_metrics(path)
 
 
 def _curves(rows: list[dict[str, float]], img: Path) -> dict[str, str]:
@@ -118,16 +118,17 @@ def _worst(run: Path, eval_dir: Path, img: Path, count: int) -> list[tuple[str, 
 
 def write_report(run: str | Path, out: str | Path, worst: int = 6) -> dict[str, Any]:
     """Write the run's report; returns the numbers shown (also saved as DIR/report.json)."""
-    from steelseg.runs import run_row
+    from steelseg.runs import read_model_meta, read_run_config, run_row
 
     run = Path(run)
-    summary = run_row(run)  # refuses a folder that is not a run, before anything is written
-    rows = _metrics(run)
+    cfg = read_run_config(run)  # refuses a folder that is not a run, before anything is written
+    raw, meta = _metrics(run), read_model_meta(run)
+    summary = run_row(run, cfg, raw, meta)
+    rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in raw]
     out = check_writable_dir(out)
     img = check_writable_dir(out / "img")
     figs = _curves(rows, img)
-    names = json.loads((run / "model" / "model.json").read_text())["class_names"] \
-        if (run / "model" / "model.json").is_file() else []
+    names = list(meta.get("class_names", []))
     eval_dir = next((d for d in (run / "eval-val", run / "eval-all") if (d / "predictions.npz").is_file()), None)
     search, search_rows, worst_pics = None, [], []
     if eval_dir is not None and summary["task"] == "segment":

@@ -47,22 +47,31 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def trained_device(run: Path) -> str | None:
-    """The machine a run trained on, as its model.json records it (None for runs trained before steelseg recorded it)."""
+def read_model_meta(run: Path) -> dict[str, Any]:
+    """A run's model/model.json as a dict; {} when it has none yet (or it cannot be read)."""
     try:
         meta = json.loads((run / "model" / "model.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def trained_device(run: Path, meta: dict[str, Any] | None = None) -> str | None:
+    """The machine a run trained on, as its model.json records it (None for runs trained before steelseg
+    recorded it). ``meta``: the model.json when the caller has read it already."""
+    meta = read_model_meta(run) if meta is None else meta
     device = meta.get("trained_on", {}).get("device") if isinstance(meta, dict) else None
     return str(device) if device else None
 
 
-def run_row(run: Path, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_row(run: Path, cfg: dict[str, Any] | None = None, metrics: list[dict[str, str]] | None = None,
+            meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """One run folder -> its row: what was trained, on what, how long, and the best validation scores.
-    ``cfg``: its config.yaml when the caller has read it already."""
+    ``cfg``, ``metrics``, ``meta``: its config.yaml, metrics.csv rows and model.json when the caller
+    has read them already."""
     cfg = read_run_config(run) if cfg is None else cfg
     data, model, train = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
-    rows = read_metrics(run / "metrics.csv")
+    rows = read_metrics(run / "metrics.csv") if metrics is None else metrics
     monitor = train.get("monitor") or ("val/dice" if model.get("task", "segment") == "segment" else "val/auc")
     best = max(rows, key=lambda r: _num(r.get(monitor)) if _num(r.get(monitor)) is not None else -math.inf,
                default=None)
@@ -73,7 +82,7 @@ def run_row(run: Path, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
         "name": run.name, "data": Path(str(data.get("path", ""))).name, "task": model.get("task"),
         "arch": (f"{model.get('arch')} per class" if model.get("per_class") else model.get("arch"))
         if model.get("task") == "segment" else "-", "encoder": model.get("encoder"),
-        "weights": model.get("encoder_weights") or "scratch", "device": trained_device(run),
+        "weights": model.get("encoder_weights") or "scratch", "device": trained_device(run, meta),
         "epochs": len(rows), "steps": steps,
         "minutes": round(seconds / 60, 1), "img_per_s": round(steps * batch / seconds, 2) if seconds else None,
         "best_epoch": None if best is None else int(_num(best["epoch"]) or 0) + 1,

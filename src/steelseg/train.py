@@ -125,7 +125,7 @@ class SteelsegModule(L.LightningModule):
 
     def __init__(self, cfg: RunConfig, class_names: list[str]) -> None:
         super().__init__()
-        from steelseg.models import create_classifier, create_segmenter, depthwise_in_fp32
+        from steelseg.models import create_classifier, create_segmenter, depthwise_in_fp32, freeze_to_stride
 
         self.cfg = cfg
         self.class_names = output_names(cfg, class_names)
@@ -140,6 +140,13 @@ class SteelsegModule(L.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.train.depthwise_fp32:  # a no-op unless the run trains under CPU autocast
             depthwise_in_fp32(self.model)
+        if cfg.train.freeze_stride:
+            n = freeze_to_stride(self.model, cfg.train.freeze_stride, cfg.data.channels)
+            frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+            total = sum(p.numel() for p in self.model.parameters())
+            print(f"train.freeze_stride={cfg.train.freeze_stride}: {n} parameter tensors frozen "
+                  f"({frozen:,} of {total:,} weights), the layers up to 1/{cfg.train.freeze_stride} resolution",
+                  file=sys.stderr, flush=True)
         self.loss_fn = build_loss(cfg.train.loss, m.task, k, cfg.train.pos_weight)
         t = cfg.train
         self.finetune_fn = build_loss(t.finetune_loss, m.task, k, t.pos_weight) if t.finetune_loss else None
@@ -258,7 +265,8 @@ class SteelsegModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         t = self.cfg.train
-        opt = torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        params = [p for p in self.parameters() if p.requires_grad]  # train.freeze_stride leaves some out
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         if t.scheduler == "none":
             return opt
         total = self._run_steps()
