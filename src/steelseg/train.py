@@ -144,9 +144,12 @@ class SteelsegModule(L.LightningModule):
             n = freeze_to_stride(self.model, cfg.train.freeze_stride, cfg.data.channels)
             frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
             total = sum(p.numel() for p in self.model.parameters())
-            print(f"train.freeze_stride={cfg.train.freeze_stride}: {n} parameter tensors frozen "
-                  f"({frozen:,} of {total:,} weights), the layers up to 1/{cfg.train.freeze_stride} resolution",
-                  file=sys.stderr, flush=True)
+            from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+            if rank_zero_only.rank == 0:  # once, not once per DDP process
+                print(f"train.freeze_stride={cfg.train.freeze_stride}: {n} parameter tensors frozen "
+                      f"({frozen:,} of {total:,} weights), the layers up to 1/{cfg.train.freeze_stride} "
+                      "resolution", file=sys.stderr, flush=True)
         self.loss_fn = build_loss(cfg.train.loss, m.task, k, cfg.train.pos_weight)
         t = cfg.train
         self.finetune_fn = build_loss(t.finetune_loss, m.task, k, t.pos_weight) if t.finetune_loss else None
