@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from steelseg.errors import ConfigError
-from steelseg.schema import build, check_model_kwargs
+from steelseg.schema import FREEZE_STRIDES, build, check_model_kwargs
 
 __all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrackConfig", "TrainConfig", "load_config"]
 
@@ -216,7 +216,7 @@ def _check_ranges(cfg: RunConfig) -> None:
           t.max_minutes, "must be > 0 (or null for no limit)")
     _need(_finite(t.finetune_share) and 0 < t.finetune_share < 1, "train.finetune_share", t.finetune_share,
           "must be a share of the run in (0, 1), e.g. 0.2 for the last fifth")
-    _need(t.freeze_stride in (0, 2, 4, 8, 16), "train.freeze_stride", t.freeze_stride,
+    _need(t.freeze_stride == 0 or t.freeze_stride in FREEZE_STRIDES, "train.freeze_stride", t.freeze_stride,
           "must be 2, 4, 8 or 16 (freeze the encoder's layers up to that stride), or 0 to train every layer")
     _need(t.num_nodes >= 1, "train.num_nodes", t.num_nodes, "must be >= 1")
     for key, low in (("limit_train_batches", 1), ("limit_val_batches", 0)):  # 0 val batches: no validation

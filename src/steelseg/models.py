@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from steelseg.errors import ConfigError
-from steelseg.schema import ModelSpec, check_model_kwargs
+from steelseg.schema import FREEZE_STRIDES, ModelSpec, check_model_kwargs
 
 __all__ = ["ARCHS", "Segmenter", "check_model_names", "create_classifier", "create_model", "create_segmenter",
            "depthwise_in_fp32", "freeze_to_stride"]
@@ -229,7 +229,7 @@ def freeze_to_stride(model: nn.Module, stride: int, in_channels: int = 1) -> int
     segmenter is frozen alike. Returns how many parameter tensors were frozen; raises ConfigError
     when ``stride`` is not 2, 4, 8 or 16.
     """
-    if stride not in (2, 4, 8, 16):
+    if stride not in FREEZE_STRIDES:
         raise ConfigError(f"train.freeze_stride: {stride!r}; must be 2, 4, 8 or 16 (or 0 for no freezing)")
     nets = list(model.members) if isinstance(model, Segmenter) else [model]
     return sum(_freeze_net(net, stride, in_channels) for net in nets)

@@ -60,7 +60,7 @@ def trained_device(run: Path, meta: dict[str, Any] | None = None) -> str | None:
     """The machine a run trained on, as its model.json records it (None for runs trained before steelseg
     recorded it). ``meta``: the model.json when the caller has read it already."""
     meta = read_model_meta(run) if meta is None else meta
-    device = meta.get("trained_on", {}).get("device") if isinstance(meta, dict) else None
+    device = meta.get("trained_on", {}).get("device")
     return str(device) if device else None
 
 

@@ -160,6 +160,7 @@ SEGMENTER_KWARGS = {
     "decoder_interpolation": None,
     "input_scale": (0.25, 4.0),  # steelseg's own (Segmenter): resize the input by this factor, logits back
 }
+FREEZE_STRIDES = (2, 4, 8, 16)  # train.freeze_stride (0 = off): the encoder's layers up to 1/N resolution
 CLASSIFIER_KWARGS = {"drop_rate": (0.0, 1.0), "drop_path_rate": (0.0, 1.0), "global_pool": None}
 
 
