@@ -1,8 +1,10 @@
 """Training speed of the CPU recipe's knobs, one process: fp32 -> channels-last -> bf16 autocast ->
 lighter U-Net decoder -> depthwise convolutions kept in fp32 under bf16 (`train.depthwise_fp32`),
 then candidates for the next step (the encoder's layers up to 1/4 resolution frozen,
-`train.freeze_stride: 4`; 192x192 training crops, which the model needs no padding for; torch.compile
-with --compile), each as images/s of forward + backward + AdamW
+`train.freeze_stride: 4`; 192x192 training crops, which the model needs no padding for; the 200x200
+image resized inside the model to 160x160 or 128x128, `model.kwargs.input_scale` 0.8 or 0.64, with
+the logits resized back and the loss at 200x200 as in training; torch.compile with --compile),
+each as images/s of forward + backward + AdamW
 step and the ratio against the plain fp32 model (the first line).  The models are built as
 `steelseg train` builds them (`create_segmenter`), on random 200x200 NEU-Seg-sized input padded to
 224 as the model pads it.
@@ -24,9 +26,13 @@ from steelseg.models import create_segmenter, depthwise_in_fp32, freeze_to_strid
 
 def images_per_s(encoder: str, batch: int, steps: int, *, channels_last: bool, bf16: bool,
                  decoder: list[int] | None, arch: str = "unet", size: int = 224,
-                 compiled: bool = False, dw32: bool = False, freeze: int = 0) -> float:
+                 compiled: bool = False, dw32: bool = False, freeze: int = 0, scale: float | None = None) -> float:
+    """``scale``: a 200x200 input that the model resizes by that factor (input_scale), logits back."""
     torch.manual_seed(0)
     kwargs = {"decoder_channels": decoder} if decoder else {}
+    if scale is not None:
+        kwargs["input_scale"] = scale
+        size = 200
     model = create_segmenter(arch, encoder, 3, 1, None, False, **kwargs).train()
     if dw32:
         depthwise_in_fp32(model)
@@ -89,6 +95,12 @@ def main() -> None:
                                                                  dw32=True, freeze=4)),
         ("bf16, channels-last, FPN", dict(channels_last=True, bf16=True, decoder=None, arch="fpn")),
         ("recipe on 192x192 crops", dict(channels_last=True, bf16=True, decoder=light, dw32=True, size=192)),
+        ("recipe, 200x200 at input_scale 1.12 (224 inside)", dict(channels_last=True, bf16=True, decoder=light,
+                                                                 dw32=True, scale=1.12)),
+        ("recipe, 200x200 at input_scale 0.8 (160 inside)", dict(channels_last=True, bf16=True, decoder=light,
+                                                                dw32=True, scale=0.8)),
+        ("recipe, 200x200 at input_scale 0.64 (128 inside)", dict(channels_last=True, bf16=True, decoder=light,
+                                                                 dw32=True, scale=0.64)),
     ]
     if args.compile:
         rows.append(("recipe + torch.compile", dict(channels_last=True, bf16=True, decoder=light, dw32=True,

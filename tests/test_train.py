@@ -150,6 +150,53 @@ def test_finetune_loss_takes_over_for_the_last_share(synth_small, tmp_path) -> N
         tiny_cfg(synth_small, tmp_path, "train.finetune_loss=lovasz", "train.finetune_share=1.0")
 
 
+def test_low_res_scale_trains_small_first_and_saves_the_final_scale(synth_small, tmp_path, monkeypatch) -> None:
+    """train.low_res_scale: the first low_res_share of the run at that scale, the rest (and the best
+    model) at model.kwargs.input_scale, which model.json records."""
+    from types import SimpleNamespace
+
+    from steelseg.models import Segmenter
+    from steelseg.train import RunRecorder, SteelsegModule
+
+    seen: list[tuple[int, int]] = []  # what the network got in each training step (grad on; val runs without)
+    plain = Segmenter.members_forward
+
+    def spy(self, x):
+        if torch.is_grad_enabled():
+            seen.append(tuple(x.shape[-2:]))
+        return plain(self, x)
+
+    monkeypatch.setattr(Segmenter, "members_forward", spy)
+    dec = "model.kwargs={decoder_channels: [16, 16, 8, 8, 8], input_scale: 1.0}"
+    cfg = tiny_cfg(synth_small, tmp_path, dec, "train.epochs=3", "train.limit_train_batches=2",
+                   "train.limit_val_batches=1", "train.low_res_scale=0.5", "train.low_res_share=0.6")
+    result = fit(cfg)
+    # 6 steps: progress 0, 1/6, 2/6, 3/6 < 0.6 at half scale (64x320 -> 32x160), 4/6 and 5/6 at full scale
+    assert seen == [(32, 160)] * 4 + [(64, 320)] * 2
+    rows = read_metrics(result.run_dir)
+    assert [float(r["train/input_scale"]) for r in rows] == [0.5, 0.5, 1.0]
+    meta = read_model_json(result.run_dir / "model")
+    assert meta.best["epoch"] == 2  # the low-resolution epochs' scores are logged, never the best model
+    assert meta.model.kwargs["input_scale"] == 1.0
+    from steelseg.report import write_report  # its score plot shades the low-resolution epochs
+
+    write_report(result.run_dir, tmp_path / "report")
+    assert (tmp_path / "report" / "img" / "scores.png").stat().st_size > 0
+    # A run that ends inside the low-resolution phase records the scale its weights were trained at.
+    module = SteelsegModule(cfg, ["pits", "streaks", "scratches", "blotches"])
+    module.model.input_scale = 0.5
+    recorder = RunRecorder(tmp_path / "ended-early", read_model_json(result.run_dir / "model"), "val/dice", "max")
+    (tmp_path / "ended-early" / "model").mkdir(parents=True)
+    recorder.on_train_end(SimpleNamespace(is_global_zero=True, callbacks=[], current_epoch=0), module)
+    assert read_model_json(tmp_path / "ended-early" / "model").model.kwargs["input_scale"] == 0.5
+    for bad, match in (("train.low_res_scale=0.1", "low_res_scale: 0.1"), ("train.low_res_share=1", "low_res_share"),
+                       ("train.early_stopping=2", "early_stopping")):
+        with pytest.raises(ConfigError, match=match):
+            tiny_cfg(synth_small, tmp_path, "train.low_res_scale=0.5", bad)
+    with pytest.raises(ConfigError, match="segmenters"):
+        tiny_cfg(synth_small, tmp_path, "model.task=classify", "model.kwargs={}", "train.low_res_scale=0.5")
+
+
 def test_rebuilt_model_matches_trained(synth_small, tmp_path) -> None:
     from steelseg.train import SteelsegModule
 

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from steelseg.errors import ConfigError
-from steelseg.schema import FREEZE_STRIDES, build, check_model_kwargs
+from steelseg.schema import FREEZE_STRIDES, SEGMENTER_KWARGS, build, check_model_kwargs
 
 __all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrackConfig", "TrainConfig", "load_config"]
 
@@ -75,6 +75,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format: about 20% faster convolutions on CPU and GPU
     depthwise_fp32: bool = True  # under bf16 on CPU, depthwise convolutions in fp32 (their bf16 backward is slow)
     freeze_stride: int = 0  # freeze the encoder's layers up to 1/N resolution (2, 4, 8, 16; 0 = train all)
+    low_res_scale: float | None = None  # segment: train at this input_scale for the first low_res_share of the
+    # run (cheaper steps), then at model.kwargs.input_scale, the scale predictions use; null = off
+    low_res_share: float = 0.7  # share of the run (steps or time budget, whichever is further) at low_res_scale
     max_minutes: float | None = None  # wall-clock budget (Lightning max_time); the lr schedule ends with it
     ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.998), null = off;
     # validation, best.safetensors and last.safetensors then use the averaged weights
@@ -218,6 +221,17 @@ def _check_ranges(cfg: RunConfig) -> None:
           "must be a share of the run in (0, 1), e.g. 0.2 for the last fifth")
     _need(t.freeze_stride == 0 or t.freeze_stride in FREEZE_STRIDES, "train.freeze_stride", t.freeze_stride,
           "must be 2, 4, 8 or 16 (freeze the encoder's layers up to that stride), or 0 to train every layer")
+    if t.low_res_scale is not None:
+        low, high = SEGMENTER_KWARGS["input_scale"]
+        _need(cfg.model.task == "segment", "train.low_res_scale", t.low_res_scale,
+              "is for segmenters (it sets model.kwargs.input_scale for part of the run); use null")
+        _need(_finite(t.low_res_scale) and low <= t.low_res_scale <= high, "train.low_res_scale",
+              t.low_res_scale, f"must be in {low}..{high}, like model.kwargs.input_scale (or null for off)")
+        _need(t.early_stopping == 0, "train.early_stopping", t.early_stopping,
+              "must be 0 with train.low_res_scale: stopping early could end the run before it trains at "
+              "model.kwargs.input_scale, the scale the saved model predicts at")
+    _need(_finite(t.low_res_share) and 0 < t.low_res_share < 1, "train.low_res_share", t.low_res_share,
+          "must be a share of the run in (0, 1), e.g. 0.7 for the first 70%")
     _need(t.num_nodes >= 1, "train.num_nodes", t.num_nodes, "must be >= 1")
     for key, low in (("limit_train_batches", 1), ("limit_val_batches", 0)):  # 0 val batches: no validation
         v = getattr(t, key)

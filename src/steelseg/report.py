@@ -56,6 +56,15 @@ def _curves(rows: list[dict[str, float]], img: Path) -> dict[str, str]:
         ax.plot(epochs, [r.get(k, np.nan) for r in rows], marker="o", linewidth=2.5, label=k[4:])
     for k in per_class:
         ax.plot(epochs, [r.get(k, np.nan) for r in rows], linestyle="--", alpha=0.7, label=k[4:])
+    scales = [r.get("train/input_scale") for r in rows]
+    # train.low_res_scale: epochs trained (and validated) wholly at it, not eligible as the best model.
+    # The logged value is an epoch mean in float32, so compare with a tolerance; the epoch of the switch
+    # validates at the final scale.
+    low = [e for e, v in zip(epochs, scales) if v is not None and scales[0] is not None
+           and abs(v - scales[0]) < 1e-3 and abs(v - scales[-1]) > 1e-3]
+    if low:
+        ax.axvspan(epochs[0] - 0.5, low[-1] + 0.5, color="tab:gray", alpha=0.15,
+                   label=f"train.low_res_scale ({scales[0]:g}; not eligible as best)")
     ax.set_xlabel("epoch"), ax.set_ylabel("validation score"), ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     out["scores"] = _fig(img / "scores.png", fig)

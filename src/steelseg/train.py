@@ -154,6 +154,8 @@ class SteelsegModule(L.LightningModule):
         t = cfg.train
         self.finetune_fn = build_loss(t.finetune_loss, m.task, k, t.pos_weight) if t.finetune_loss else None
         self._finetuning = False
+        # train.low_res_scale: the Segmenter's input_scale for the first low_res_share of the run
+        self.final_scale = float(getattr(self.model, "input_scale", 1.0))
         self._total_steps: int | None = None  # _run_steps(), asked of Lightning once
         self._val: list[dict[str, torch.Tensor]] = []
 
@@ -200,7 +202,26 @@ class SteelsegModule(L.LightningModule):
                       f"({100 * self.progress():.0f}% of the run done)", file=sys.stderr, flush=True)
         return self.finetune_fn if self._finetuning else self.loss_fn
 
+    @property
+    def at_final_scale(self) -> bool:
+        """Whether the network now runs at model.kwargs.input_scale, the scale model.json records (and
+        predictions use). Only then is a validation score eligible as the run's best model."""
+        return float(getattr(self.model, "input_scale", 1.0)) == self.final_scale
+
+    def _set_input_scale(self) -> None:
+        """``train.low_res_scale`` until ``low_res_share`` of the run is done, then the final scale."""
+        t = self.cfg.train
+        if t.low_res_scale is None:
+            return
+        low = self.progress() < t.low_res_share
+        was_low = not self.at_final_scale
+        self.model.input_scale = float(t.low_res_scale) if low else self.final_scale
+        if was_low and not low and self.trainer.is_global_zero:
+            print(f"input_scale {t.low_res_scale} -> {self.final_scale} (model.kwargs.input_scale) from step "
+                  f"{self.global_step} ({100 * self.progress():.0f}% of the run done)", file=sys.stderr, flush=True)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self._set_input_scale()
         logits = self(batch["image"])
         loss = self._train_loss()(logits, self._target(batch))
         if not torch.isfinite(loss):  # training on would save a NaN "best" model
@@ -211,6 +232,9 @@ class SteelsegModule(L.LightningModule):
                  batch_size=batch["image"].shape[0], sync_dist=True)
         if self.finetune_fn is not None:  # per epoch, the share of its steps that fine-tuned (metrics.csv)
             self.log("train/finetune", float(self._finetuning), on_step=False, on_epoch=True,
+                     batch_size=batch["image"].shape[0], sync_dist=True)
+        if self.cfg.train.low_res_scale is not None:  # per epoch, the mean input_scale trained at
+            self.log("train/input_scale", float(self.model.input_scale), on_step=False, on_epoch=True,
                      batch_size=batch["image"].shape[0], sync_dist=True)
         return loss
 
@@ -393,7 +417,9 @@ class RunRecorder(Callback):
                     and not k.endswith("_step")})
         _append_csv(self.run_dir / "metrics.csv", row)
         score = m.get(self.monitor)
-        if score is not None and np.isfinite(score):
+        # Scores from a train.low_res_scale phase are logged but belong to another input_scale than the
+        # one model.json records: not eligible as the best model.
+        if score is not None and np.isfinite(score) and getattr(pl_module, "at_final_scale", True):
             better = self.best is None or (score > self.best if self.mode == "max" else score < self.best)
             if better:
                 self.best, self.best_epoch = score, trainer.current_epoch
@@ -408,6 +434,12 @@ class RunRecorder(Callback):
         if not trainer.is_global_zero:
             return
         model_dir = self.run_dir / "model"
+        if not getattr(pl_module, "at_final_scale", True):  # the run ended before train.low_res_share
+            scale = float(pl_module.model.input_scale)
+            print(f"warning: the run ended while training at train.low_res_scale={scale}, before the switch "
+                  "to model.kwargs.input_scale: model.json records input_scale "
+                  f"{scale}, the scale these weights were trained at", file=sys.stderr, flush=True)
+            self.meta.model.kwargs = {**self.meta.model.kwargs, "input_scale": scale}
         last = _saved_model(trainer, pl_module)
         save_weights(last, model_dir / "last.safetensors")
         if not (model_dir / "best.safetensors").exists():  # no validation ran: last is the best we have
