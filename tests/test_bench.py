@@ -33,6 +33,15 @@ def test_recipe_speed_bench_runs() -> None:
     assert "bfloat16  forward" in out.stdout
 
 
+def test_data_cache_bench_runs(tmp_path) -> None:
+    out = subprocess.run([sys.executable, str(BENCH / "data_cache.py"), "--data", str(tmp_path / "none"),
+                          "--images", "40", "--encoder", "tu-test_resnet", "--steps", "1", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "files, 2 workers (baseline)" in out.stdout and "1.00x the baseline's speed" in out.stdout
+    assert "data.cache, main process (the recipe)" in out.stdout and "data.cache decoded them in" in out.stdout
+
+
 def test_inference_bench_runs() -> None:
     out = subprocess.run([sys.executable, str(BENCH / "inference.py"), "--encoder", "tu-test_resnet",
                           "--classifier", "test_resnet", "--images", "4", "--train-images", "12",

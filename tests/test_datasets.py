@@ -179,3 +179,61 @@ def test_rle_decode_matches_area(synth_full) -> None:
     ds = open_dataset(synth_full)
     for (image_id, c), code in list(ds.rles.items())[:5]:
         assert rle.decode(code, (256, 1600)).sum() == ds.table.set_index("image_id").loc[image_id, f"area_{c}"]
+
+
+def test_cache_gives_the_same_items_read_only(synth_small) -> None:
+    """data.cache: preload() keeps the decoded arrays; items equal the ones read from the files, the
+    kept copy cannot be written (a transform writing into its input fails, not the next epoch), and
+    the real training transform (flips, brightness/contrast, shift) runs on it unchanged."""
+    from steelseg.augment import train_transform
+    from steelseg.config import DataConfig
+
+    ds = open_dataset(synth_small)
+    files, kept = SegmentationSamples(ds), SegmentationSamples(ds)
+    assert kept.decoded_bytes() == 48 * 64 * 320 * (1 + 4)  # uint8 image + 4 mask channels
+    kept.preload()
+    for i in (0, 7, 47):
+        a, b = files[i], kept[i]
+        assert a["image_id"] == b["image_id"]
+        for key in ("image", "mask", "labels"):
+            assert np.array_equal(a[key], b[key])
+    image, mask = kept._read(3)
+    assert not image.flags.writeable and not mask.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        image[0, 0] = 1
+    before = [(im.copy(), m.copy()) for im, m in (kept._read(i) for i in range(len(kept)))]
+    aug = SegmentationSamples(ds, train_transform(DataConfig(shift=0.05)))
+    aug._decoded = kept._decoded
+    for _ in range(3):
+        for i in range(len(aug)):
+            item = aug[i]
+            assert item["image"].shape == (1, 64, 320) and item["mask"].shape == (4, 64, 320)
+    assert all(np.array_equal(im, b_im) and np.array_equal(m, b_m)
+               for (im, m), (b_im, b_m) in zip((kept._read(i) for i in range(len(kept))), before))
+
+
+def test_augmentation_repeats_with_the_seed_and_differs_per_worker(synth_small) -> None:
+    """albumentations keeps its own random state: train.seed must reach it (a rerun sees the same
+    augmented batches) and each DataLoader worker must get a stream of its own (with one shared
+    stream, two workers would augment the same image identically)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from steelseg.augment import seed_worker, train_transform
+    from steelseg.config import DataConfig
+
+    ds = open_dataset(synth_small)
+    same = ds.subset([ds.image_ids[0]] * 8)  # one image 8 times: batch 0 goes to worker 0, batch 1 to worker 1
+
+    def batches(seed: int, workers: int) -> list[np.ndarray]:
+        L.seed_everything(seed, workers=True, verbose=False)
+        samples = SegmentationSamples(same, train_transform(DataConfig(shift=0.05), seed=seed))
+        loader = DataLoader(samples, batch_size=4, num_workers=workers, worker_init_fn=seed_worker)
+        return [b["image"].numpy() for b in loader]
+
+    for workers in (0, 2):
+        a, b, c = batches(5, workers), batches(5, workers), batches(6, workers)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b)), workers  # the seed repeats the run
+        assert not all(np.array_equal(x, y) for x, y in zip(a, c)), workers  # another seed, other batches
+    first, second = batches(5, 2)
+    assert not np.array_equal(first, second)  # the two workers' streams differ

@@ -440,6 +440,25 @@ def test_time_budget_ends_the_schedule(synth_small, tmp_path) -> None:
     assert (result.run_dir / "model" / "best.safetensors").is_file()
 
 
+def test_data_cache_trains_as_the_files_do_and_refuses_what_does_not_fit(synth_small, tmp_path, monkeypatch,
+                                                                         capsys) -> None:
+    """data.cache changes where the pixels come from, not what is learnt: the same seed gives the same
+    validation scores with and without it. A cache that would take over half the free memory is a
+    ConfigError that says how much, before any training."""
+    import steelseg.train as train_mod
+
+    extra = [TINY_DEC, "train.limit_train_batches=3", "train.seed=5"]
+    plain = read_metrics(fit(tiny_cfg(synth_small, tmp_path / "plain", *extra)).run_dir)
+    cached = read_metrics(fit(tiny_cfg(synth_small, tmp_path / "cached", *extra, "data.cache=true")).run_dir)
+    assert "data.cache: 48 images and masks decoded into memory" in capsys.readouterr().err
+    for key in ("train/loss", "val/loss", "val/dice"):
+        assert float(plain[0][key]) == pytest.approx(float(cached[0][key]), abs=1e-5), key
+    monkeypatch.setattr(train_mod, "available_memory", lambda: 2 ** 20)  # 1 MiB free
+    with pytest.raises(ConfigError, match=r"data.cache: .* need about .* GiB, more than half of the 0.0 GiB"):
+        fit(tiny_cfg(synth_small, tmp_path / "big", *extra, "data.cache=true"))
+    assert not (tmp_path / "big").exists() or not any((tmp_path / "big").rglob("metrics.csv"))
+
+
 def test_weight_average_is_what_gets_validated_and_saved(synth_small, tmp_path) -> None:
     from safetensors.torch import load_file
 

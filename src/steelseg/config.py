@@ -36,6 +36,8 @@ class DataConfig:
     batch_size: int = 8
     val_batch_size: int | None = None
     num_workers: int = 2
+    cache: bool = False  # decode every image and mask once and keep them in memory (small datasets;
+    # refused when they would need over half the free memory)
     balanced_sampling: bool = False  # oversample images of rare classes (class imbalance)
     flips: bool = True
     brightness_contrast: bool = True

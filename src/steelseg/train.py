@@ -465,6 +465,17 @@ def cpu_facts() -> tuple[str | None, set[str]] | None:
     return name, flags
 
 
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (MemAvailable in /proc/meminfo); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def cpu_has_bf16() -> bool | None:
     """Whether this CPU computes bf16 natively (AVX-512 BF16, AMX, Arm BF16); None where unknown."""
     facts = cpu_facts()
@@ -584,7 +595,9 @@ def _balanced_weights(ds: DefectDataset) -> np.ndarray:
 def make_loaders(cfg: RunConfig, train_ds: DefectDataset, val_ds: DefectDataset) -> tuple[Any, Any]:
     from torch.utils.data import DataLoader, WeightedRandomSampler
 
-    from steelseg.augment import train_transform
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from steelseg.augment import seed_worker, stream_seed, train_transform
 
     d = cfg.data
     train_sizes = set(zip(train_ds.table["height"], train_ds.table["width"]))
@@ -594,8 +607,12 @@ def make_loaders(cfg: RunConfig, train_ds: DefectDataset, val_ds: DefectDataset)
     # Validation runs at full size: images of several sizes go one at a time.
     mixed_val = len(set(zip(val_ds.table["height"], val_ds.table["width"]))) > 1
     kw = {"channels": d.channels, "mean": d.mean, "std": d.std}
-    train_set = SegmentationSamples(train_ds, train_transform(d), **kw)
+    rank = getattr(rank_zero_only, "rank", 0) or 0  # from the environment under DDP: ranks augment differently
+    train_set = SegmentationSamples(train_ds, train_transform(d, seed=stream_seed(cfg.train.seed, rank)), **kw)
     val_set = SegmentationSamples(val_ds, None, **kw)
+    if d.cache:
+        devices = str(cfg.train.devices)  # under DDP each process on this machine keeps a copy
+        _preload(train_set, val_set, copies=int(devices) if devices.isdigit() else 1)
     sampler = None
     if d.balanced_sampling:
         w = torch.as_tensor(_balanced_weights(train_ds), dtype=torch.double)
@@ -603,10 +620,29 @@ def make_loaders(cfg: RunConfig, train_ds: DefectDataset, val_ds: DefectDataset)
     common = {"num_workers": d.num_workers, "persistent_workers": d.num_workers > 0,
               "pin_memory": torch.cuda.is_available()}
     train = DataLoader(train_set, batch_size=d.batch_size, shuffle=sampler is None, sampler=sampler,
-                       drop_last=len(train_set) > d.batch_size, **common)
+                       drop_last=len(train_set) > d.batch_size, worker_init_fn=seed_worker, **common)
     val = DataLoader(val_set, batch_size=1 if mixed_val else (d.val_batch_size or d.batch_size), shuffle=False,
                      **common)
     return train, val
+
+
+def _preload(*sets: SegmentationSamples, copies: int = 1) -> None:
+    """``data.cache``: decode the sets into memory once, after checking that they fit (``copies``
+    processes on this machine each keep one)."""
+    one = sum(s.decoded_bytes() for s in sets)
+    need = one * max(1, copies)
+    free = available_memory()
+    gib = 2 ** 30
+    if free is not None and need > free / 2:
+        raise ConfigError(f"data.cache: the decoded images and masks need about {need / gib:.1f} GiB, more than "
+                          f"half of the {free / gib:.1f} GiB of free memory; set data.cache: false (read the "
+                          "files each epoch) or train on a smaller set")
+    t0 = time.time()
+    show = sys.stderr.isatty()
+    for s, desc in zip(sets, ("caching training images", "caching validation images")):
+        s.preload(desc, progress=show)
+    print(f"data.cache: {sum(len(s) for s in sets)} images and masks decoded into memory "
+          f"({one / 2 ** 20:.0f} MiB) in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
 # ---- the run ----------------------------------------------------------------------------------
