@@ -608,7 +608,8 @@ def make_loaders(cfg: RunConfig, train_ds: DefectDataset, val_ds: DefectDataset)
     mixed_val = len(set(zip(val_ds.table["height"], val_ds.table["width"]))) > 1
     kw = {"channels": d.channels, "mean": d.mean, "std": d.std}
     rank = getattr(rank_zero_only, "rank", 0) or 0  # from the environment under DDP: ranks augment differently
-    train_set = SegmentationSamples(train_ds, train_transform(d, seed=stream_seed(cfg.train.seed, rank)), **kw)
+    seed = None if cfg.train.seed is None else stream_seed(cfg.train.seed, rank)
+    train_set = SegmentationSamples(train_ds, train_transform(d, seed=seed), **kw)
     val_set = SegmentationSamples(val_ds, None, **kw)
     if d.cache:
         devices = str(cfg.train.devices)  # under DDP each process on this machine keeps a copy
