@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from steelseg.augment import train_transform
-from steelseg.config import load_config
-from steelseg.datasets import SegmentationSamples, open_dataset
-from steelseg.synth import SynthConfig, make_dataset
-from steelseg.train import SteelsegModule
+from steelseg.data.augment import train_transform
+from steelseg.data.open import open_dataset
+from steelseg.data.samples import SegmentationSamples
+from steelseg.data.synth import SynthConfig, make_dataset
+from steelseg.training.config import load_config
+from steelseg.training.module import SteelsegModule
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ SEG_THRESHOLD, MIN_AREA = 0.5, 0  # the notebook's post-processing, the same as 
 
 
 def cpu_info() -> str:
-    from steelseg.train import cpu_facts, cpu_model
+    from steelseg.machine import cpu_facts, cpu_model
 
     flags = (cpu_facts() or (None, set()))[1]
     isa = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni", "fma"))
@@ -70,7 +70,7 @@ def baseline_loop(model, paths: list[Path], mean: float, std: float, keep: list 
 
 
 def steelseg_loop(predictor, paths: list[Path]) -> tuple[list[list[str]], list[bool]]:
-    from steelseg import rle
+    from steelseg.data import rle
 
     rows, skipped = [], []
     for _, pred in predictor.predict_paths(paths):
@@ -83,7 +83,7 @@ def mask_diff(rows: list[list[str]], ref: list[list[str]], probs: list[np.ndarra
               shape: tuple[int, int]) -> tuple[int, int]:
     """(pixels that differ, of those the ones whose baseline probability is not within 1e-3 of the
     threshold) over the images ``idx``: near-threshold pixels may fall either side on any runtime."""
-    from steelseg import rle
+    from steelseg.data import rle
 
     differ = real = 0
     for i in idx:
@@ -143,16 +143,17 @@ def main() -> None:
 def run(args: argparse.Namespace, tmp: Path) -> None:
     import torch
 
-    from steelseg.checkpoint import save_weights, write_model_json
-    from steelseg.config import load_config
-    from steelseg.export import export_bundle
-    from steelseg.images import read_image
+    from steelseg.data.images import read_image
+    from steelseg.data.synth import SynthConfig, make_dataset
+    from steelseg.inference.bundle import write_bundle
+    from steelseg.inference.export import export_bundle
+    from steelseg.inference.postprocess import PostProcess
+    from steelseg.inference.predictor import Predictor
     from steelseg.models import create_segmenter
-    from steelseg.pipeline import Predictor, write_bundle
-    from steelseg.postprocess import PostProcess
+    from steelseg.models.checkpoint import save_weights, write_model_json
     from steelseg.schema import InputMeta, ModelMeta, ModelSpec
-    from steelseg.synth import SynthConfig, make_dataset
-    from steelseg.train import fit
+    from steelseg.training.config import load_config
+    from steelseg.training.run import fit
 
     size = dict(height=args.height, width=args.width)
     test = make_dataset(tmp / "test", SynthConfig(images=args.images, seed=11, defect_free=0.5, **size))
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         save_weights(net, seg_dir / "best.safetensors")
         write_model_json(seg_dir, ModelMeta(ModelSpec("segment", args.encoder, 4, 1, "unet"), names, InputMeta()))
         seg_note = "random weights"
-    from steelseg.checkpoint import load_model
+    from steelseg.models.checkpoint import load_model
 
     seg, _ = load_model(seg_dir)
 
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             dst = tmp / f"{b.name}-{name.replace(' ', '-')}"
             calib = [read_image(p, None) for p in sorted((gate_data / "train_images").iterdir())[:16]]
             val = [read_image(p, None) for p in paths]
-            from steelseg.datasets import open_dataset
+            from steelseg.data.open import open_dataset
 
             ds = open_dataset(test)
             masks = [ds.load_mask(p.name) for p in paths]

@@ -13,7 +13,7 @@ import time
 import cv2
 import numpy as np
 
-from steelseg import rle
+from steelseg.data import rle
 
 
 # --- the pair found in public Severstal notebooks, written out as they are there --------------

@@ -34,9 +34,9 @@ def free_port() -> int:
 def make_bundle(root: Path, encoder: str) -> Path:
     import torch
 
-    from steelseg.checkpoint import save_weights, write_model_json
+    from steelseg.inference.bundle import write_bundle
     from steelseg.models import create_segmenter
-    from steelseg.pipeline import write_bundle
+    from steelseg.models.checkpoint import save_weights, write_model_json
     from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 
     torch.manual_seed(0)

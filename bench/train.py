@@ -12,15 +12,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from steelseg.config import load_config
-from steelseg.datasets import open_dataset
-from steelseg.synth import SynthConfig, make_dataset
-from steelseg.train import SteelsegModule, fit, make_loaders, resolve_split
-
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
+
+from steelseg.data.open import open_dataset
+from steelseg.data.synth import SynthConfig, make_dataset
+from steelseg.training.config import load_config
+from steelseg.training.loaders import make_loaders, resolve_split
+from steelseg.training.module import SteelsegModule
+from steelseg.training.run import fit
 
 
 class StepTimer(Callback):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steelseg.synth import SynthConfig, make_dataset
+from steelseg.data.synth import SynthConfig, make_dataset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -55,7 +55,7 @@ def test_clean_errors_no_traceback(tmp_path) -> None:
 def test_convert_command(tmp_path, capsys) -> None:
     import numpy as np
 
-    from steelseg.datasets import open_dataset
+    from steelseg.data.open import open_dataset
 
     from .conftest import write_voc
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from steelseg.config import load_config
 from steelseg.errors import ConfigError
+from steelseg.training.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steelseg import rle
-from steelseg.datasets import SegmentationSamples, convert_to_kaggle, open_dataset
+from steelseg.data import rle
+from steelseg.data.convert import convert_to_kaggle
+from steelseg.data.open import open_dataset
+from steelseg.data.samples import SegmentationSamples
 from steelseg.errors import DataError, RLEError
 
 from .conftest import write_voc
@@ -43,7 +45,7 @@ def test_synth_kaggle_layout(synth_full) -> None:
 
 
 def test_synth_deterministic(tmp_path) -> None:
-    from steelseg.synth import SynthConfig, make_dataset
+    from steelseg.data.synth import SynthConfig, make_dataset
 
     a = make_dataset(tmp_path / "a", SynthConfig(images=5, seed=11, height=64, width=256))
     b = make_dataset(tmp_path / "b", SynthConfig(images=5, seed=11, height=64, width=256))
@@ -57,7 +59,7 @@ def test_old_csv_format(synth_full, tmp_path) -> None:
     lines = ["ImageId_ClassId,EncodedPixels"]
     for image_id in ds.image_ids:
         for c in range(1, 5):
-            lines.append(f"{image_id}_{c},{ds.rles.get((image_id, c), '')}")
+            lines.append(f"{image_id}_{c},{ds.masks.rles.get((image_id, c), '')}")
     (root / "train.csv").write_text("\n".join(lines) + "\n")
     old = open_dataset(root)
     assert old.areas().tolist() == ds.areas().tolist()
@@ -177,7 +179,7 @@ def test_no_dataset(tmp_path) -> None:
 
 def test_rle_decode_matches_area(synth_full) -> None:
     ds = open_dataset(synth_full)
-    for (image_id, c), code in list(ds.rles.items())[:5]:
+    for (image_id, c), code in list(ds.masks.rles.items())[:5]:
         assert rle.decode(code, (256, 1600)).sum() == ds.table.set_index("image_id").loc[image_id, f"area_{c}"]
 
 
@@ -185,8 +187,8 @@ def test_cache_gives_the_same_items_read_only(synth_small) -> None:
     """data.cache: preload() keeps the decoded arrays; items equal the ones read from the files, the
     kept copy cannot be written (a transform writing into its input fails, not the next epoch), and
     the real training transform (flips, brightness/contrast, shift) runs on it unchanged."""
-    from steelseg.augment import train_transform
-    from steelseg.config import DataConfig
+    from steelseg.data.augment import train_transform
+    from steelseg.training.config import DataConfig
 
     ds = open_dataset(synth_small)
     files, kept = SegmentationSamples(ds), SegmentationSamples(ds)
@@ -219,8 +221,9 @@ def test_augmentation_repeats_with_the_seed_and_differs_per_worker(synth_small) 
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from steelseg.augment import seed_worker, train_transform
-    from steelseg.config import DataConfig
+    from steelseg.data.augment import train_transform
+    from steelseg.training.config import DataConfig
+    from steelseg.training.loaders import seed_worker
 
     ds = open_dataset(synth_small)
     same = ds.subset([ds.image_ids[0]] * 8)  # one image 8 times: batch 0 goes to worker 0, batch 1 to worker 1

@@ -12,8 +12,8 @@ import pytest
 
 from steelseg import metrics
 from steelseg.cli import main
-from steelseg.datasets import open_dataset
-from steelseg.eda import run_eda
+from steelseg.data.open import open_dataset
+from steelseg.reports.eda import run_eda
 
 ARTIFACTS = Path(os.environ.get("STEELSEG_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
@@ -61,16 +61,16 @@ def test_neu_seg_report(neu_seg, tmp_path) -> None:
 
 
 def test_mask_folder_masks_decoded_once(neu_seg, tmp_path, monkeypatch) -> None:
-    from steelseg import datasets
+    from steelseg.data import voc
 
     calls = {"n": 0}
-    real = datasets._read_label_png
+    real = voc.read_label_png
 
     def counting(*a, **kw):
         calls["n"] += 1
         return real(*a, **kw)
 
-    monkeypatch.setattr(datasets, "_read_label_png", counting)
+    monkeypatch.setattr(voc, "read_label_png", counting)
     small = tmp_path / "neu_small"
     for sub in ("JPEGImages", "SegmentationClass"):
         (small / sub).mkdir(parents=True)

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from steelseg.checkpoint import save_weights, write_model_json
 from steelseg.errors import DataError
-from steelseg.export import ExportError, export_bundle
+from steelseg.inference.bundle import write_bundle
+from steelseg.inference.export import ExportError, export_bundle
+from steelseg.inference.postprocess import PostProcess
+from steelseg.inference.predictor import Predictor
 from steelseg.models import create_classifier, create_segmenter
-from steelseg.pipeline import Predictor, write_bundle
-from steelseg.postprocess import PostProcess
+from steelseg.models.checkpoint import save_weights, write_model_json
 from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 
 NAMES = ["pits", "streaks", "scratches", "blotches"]

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from steelseg.datasets import open_dataset
+from steelseg.data.folds import fold_split, make_folds, read_folds, write_folds
+from steelseg.data.open import open_dataset
 from steelseg.errors import DataError
-from steelseg.folds import fold_split, make_folds, read_folds, write_folds
 
 
 def test_folds_stratified_and_deterministic(synth_full, tmp_path) -> None:

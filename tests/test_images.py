@@ -10,11 +10,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steelseg.datasets import SegmentationSamples, open_dataset
+from steelseg.data.images import (
+    InputSpec,
+    image_size,
+    list_images,
+    read_image,
+    to_channels,
+    to_input,
+    to_uint8,
+)
+from steelseg.data.open import open_dataset
+from steelseg.data.samples import SegmentationSamples
 from steelseg.errors import DataError
-from steelseg.images import (InputSpec, image_size, list_images, read_image, to_channels, to_input, to_uint8)
-from steelseg.pipeline import Predictor
-from steelseg.postprocess import PostProcess
+from steelseg.inference.postprocess import PostProcess
+from steelseg.inference.predictor import Predictor
 from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 
 

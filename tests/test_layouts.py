@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steelseg import rle
 from steelseg.cli import main
-from steelseg.datasets import convert, open_dataset
+from steelseg.data import rle
+from steelseg.data.convert import convert
+from steelseg.data.open import open_dataset
+from steelseg.data.synth import SynthConfig, make_dataset
 from steelseg.errors import DataError
-from steelseg.synth import SynthConfig, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,9 +205,9 @@ def test_layout_errors(folders, tmp_path) -> None:
 
 
 def test_mixed_sizes_train_and_evaluate(tmp_path) -> None:
-    from steelseg.config import load_config
-    from steelseg.evaluate import evaluate
-    from steelseg.train import fit
+    from steelseg.inference.evaluation import evaluate
+    from steelseg.training.config import load_config
+    from steelseg.training.run import fit
 
     a = make_dataset(tmp_path / "a", SynthConfig(images=10, seed=1, height=64, width=320))
     b = make_dataset(tmp_path / "b", SynthConfig(images=10, seed=2, height=96, width=256))
@@ -233,9 +234,9 @@ def test_mixed_sizes_train_and_evaluate(tmp_path) -> None:
 def tiny_bundle(tmp_path_factory) -> Path:
     import torch
 
-    from steelseg.checkpoint import save_weights, write_model_json
+    from steelseg.inference.bundle import write_bundle
     from steelseg.models import create_segmenter
-    from steelseg.pipeline import write_bundle
+    from steelseg.models.checkpoint import save_weights, write_model_json
     from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 
     root = tmp_path_factory.mktemp("tile")
@@ -249,7 +250,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 
 def test_tiled_agrees_with_whole_image(tiny_bundle, kaggle) -> None:
-    from steelseg.pipeline import Predictor
+    from steelseg.inference.predictor import Predictor
 
     ds = open_dataset(kaggle)
     img = np.concatenate([ds.load_image(i) for i in ds.image_ids[:3]], axis=0)  # 192x320
@@ -270,7 +271,7 @@ def test_huge_image_predicts_in_bounded_memory(tiny_bundle, tmp_path) -> None:
     Image.fromarray(rng.integers(0, 256, (2000, 10000), dtype=np.uint8)).save(img_dir / "strip.png")
     code = (
         "import resource, json\n"
-        "from steelseg.pipeline import Predictor, predict_folder\n"
+        "from steelseg.inference import Predictor, predict_folder\n"
         f"Predictor.from_bundle({str(tiny_bundle)!r})  # torch and the model loaded: the baseline\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         f"res = predict_folder({str(tiny_bundle)!r}, {str(img_dir)!r}, {str(tmp_path / 'out')!r}, tile=1024, overlap=128)\n"

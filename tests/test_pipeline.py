@@ -9,21 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steelseg import metrics, rle
+from steelseg import metrics
 from steelseg.cli import main
-from steelseg.config import load_config
-from steelseg.datasets import open_dataset
+from steelseg.data import rle
+from steelseg.data.open import open_dataset
+from steelseg.data.synth import SynthConfig, make_dataset
 from steelseg.errors import DataError
-from steelseg.pipeline import Predictor, predict_folder, write_bundle
-from steelseg.submission import read_submission
-from steelseg.synth import SynthConfig, make_dataset
+from steelseg.inference.bundle import write_bundle
+from steelseg.inference.predict import predict_folder
+from steelseg.inference.predictor import Predictor
+from steelseg.inference.submission import read_submission
+from steelseg.training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def trained_run(synth_small, tmp_path_factory) -> Path:
-    from steelseg.train import fit
+    from steelseg.training.run import fit
 
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
@@ -34,7 +37,7 @@ def trained_run(synth_small, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_classifier(synth_small, tmp_path_factory) -> Path:
-    from steelseg.train import fit
+    from steelseg.training.run import fit
 
     out = tmp_path_factory.mktemp("runs_cls")
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
@@ -100,7 +103,7 @@ def test_predict_submission_valid_and_rescored(bundle, test_set, tmp_path) -> No
 
 
 def test_predictor_api_gating_tta_ensemble(trained_run, trained_classifier, test_set) -> None:
-    from steelseg.postprocess import PostProcess
+    from steelseg.inference.postprocess import PostProcess
 
     ds = open_dataset(test_set)
     images = [ds.load_image(i) for i in ds.image_ids[:3]]
@@ -116,8 +119,8 @@ def test_predictor_api_gating_tta_ensemble(trained_run, trained_classifier, test
 
 
 def test_binary_classifier_gates_every_class(trained_run, synth_small, test_set, tmp_path) -> None:
-    from steelseg.postprocess import PostProcess
-    from steelseg.train import fit
+    from steelseg.inference.postprocess import PostProcess
+    from steelseg.training.run import fit
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
         f"data.path={synth_small}", f"out_dir={tmp_path}", "data.num_workers=0", "data.crop=null", "train.epochs=1",

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from steelseg import postprocess
-from steelseg.postprocess import PostProcess
-from steelseg.tune import dice_grid, tune_postprocess
+from steelseg.inference import postprocess
+from steelseg.inference.postprocess import PostProcess
+from steelseg.inference.tune import dice_grid, tune_postprocess
 
 
 def test_threshold_edges() -> None:
@@ -104,8 +104,8 @@ def test_tune_with_gate() -> None:
 
 
 def test_tune_min_component_removes_speckles() -> None:
+    from steelseg.inference.tune import tune_min_component
     from steelseg.metrics import kaggle_dice
-    from steelseg.tune import tune_min_component
 
     rng = np.random.default_rng(0)
     n, h, w = 12, 64, 64

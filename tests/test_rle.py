@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from steelseg import rle
+from steelseg.data import rle
 from steelseg.errors import RLEError
 
 

@@ -19,13 +19,14 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from steelseg import rle  # noqa: E402
-from steelseg.checkpoint import save_weights, write_model_json  # noqa: E402
 from steelseg.cli import main  # noqa: E402
-from steelseg.datasets import open_dataset  # noqa: E402
+from steelseg.data import rle  # noqa: E402
+from steelseg.data.open import open_dataset  # noqa: E402
+from steelseg.inference.bundle import write_bundle  # noqa: E402
+from steelseg.inference.postprocess import PostProcess  # noqa: E402
+from steelseg.inference.predictor import Predictor  # noqa: E402
 from steelseg.models import create_classifier, create_segmenter  # noqa: E402
-from steelseg.pipeline import Predictor, write_bundle  # noqa: E402
-from steelseg.postprocess import PostProcess  # noqa: E402
+from steelseg.models.checkpoint import save_weights, write_model_json  # noqa: E402
 from steelseg.schema import InputMeta, ModelMeta, ModelSpec  # noqa: E402
 from steelseg.serve.app import ServeConfig, create_app  # noqa: E402
 
@@ -289,7 +290,7 @@ def severstal_or_synth(tmp_path) -> Path:
     imgs = sorted((real / "train_images").glob("*.jpg")) if real.is_dir() else []
     if imgs:
         return imgs[0]
-    from steelseg.synth import SynthConfig, make_dataset
+    from steelseg.data.synth import SynthConfig, make_dataset
 
     d = make_dataset(tmp_path / "s", SynthConfig(images=1, seed=5, height=128, width=800))
     return next((d / "train_images").iterdir())

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steelseg.checkpoint import load_model, read_model_json
-from steelseg.config import load_config
 from steelseg.errors import ConfigError
-from steelseg.train import fit
+from steelseg.models.checkpoint import load_model, read_model_json
+from steelseg.training.config import load_config
+from steelseg.training.run import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DEC = "model.kwargs={decoder_channels: [16, 16, 8, 8, 8]}"
@@ -71,7 +71,7 @@ def test_classifier_multilabel(loss, synth_small, tmp_path) -> None:
 
 
 def test_rgb_input_end_to_end(synth_small, tmp_path) -> None:
-    from steelseg.pipeline import Predictor
+    from steelseg.inference.predictor import Predictor
 
     result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "data.channels=3", "data.mean=[0.485, 0.456, 0.406]",
                           "data.std=[0.229, 0.224, 0.225]", "train.limit_train_batches=2"))
@@ -113,7 +113,7 @@ def test_per_class_lovasz_is_the_mean_of_each_class() -> None:
     """bce_lovasz / lovasz: one Lovasz hinge per class, averaged (not one over all classes)."""
     import segmentation_models_pytorch as smp
 
-    from steelseg.train import build_loss
+    from steelseg.models.losses import build_loss
 
     target = torch.zeros(2, 2, 16, 16)
     target[:, 0, :, :8] = 1  # class 0: half of every image
@@ -139,7 +139,9 @@ def test_finetune_loss_takes_over_for_the_last_share(synth_small, tmp_path) -> N
                           "train.limit_val_batches=1", "train.finetune_loss=lovasz", "train.finetune_share=0.5"))
     rows = read_metrics(result.run_dir)
     assert [float(r["train/finetune"]) for r in rows] == [0.0, 1.0]
-    from steelseg.report import write_report  # its loss plot shades the fine-tune epochs
+    from steelseg.reports.report import (
+        write_report,  # its loss plot shades the fine-tune epochs
+    )
 
     report = write_report(result.run_dir, tmp_path / "report")
     assert report["best_epoch_metrics"]["train/finetune"] in (0.0, 1.0)
@@ -156,7 +158,8 @@ def test_low_res_scale_trains_small_first_and_saves_the_final_scale(synth_small,
     from types import SimpleNamespace
 
     from steelseg.models import Segmenter
-    from steelseg.train import RunRecorder, SteelsegModule
+    from steelseg.training.callbacks import RunRecorder
+    from steelseg.training.module import SteelsegModule
 
     seen: list[tuple[int, int]] = []  # what the network got in each training step (grad on; val runs without)
     plain = Segmenter.members_forward
@@ -178,7 +181,9 @@ def test_low_res_scale_trains_small_first_and_saves_the_final_scale(synth_small,
     meta = read_model_json(result.run_dir / "model")
     assert meta.best["epoch"] == 2  # the low-resolution epochs' scores are logged, never the best model
     assert meta.model.kwargs["input_scale"] == 1.0
-    from steelseg.report import write_report  # its score plot shades the low-resolution epochs
+    from steelseg.reports.report import (
+        write_report,  # its score plot shades the low-resolution epochs
+    )
 
     write_report(result.run_dir, tmp_path / "report")
     assert (tmp_path / "report" / "img" / "scores.png").stat().st_size > 0
@@ -198,7 +203,7 @@ def test_low_res_scale_trains_small_first_and_saves_the_final_scale(synth_small,
 
 
 def test_rebuilt_model_matches_trained(synth_small, tmp_path) -> None:
-    from steelseg.train import SteelsegModule
+    from steelseg.training.module import SteelsegModule
 
     cfg = tiny_cfg(synth_small, tmp_path, TINY_DEC, "train.limit_train_batches=3")
     result = fit(cfg)
@@ -365,8 +370,9 @@ def test_tiny_segmenter_beats_trivial_masks(tmp_path) -> None:
     the whole set) beats both trivial answers, all-empty (0) and all-defect (2p / (1 + p)).
     (Kaggle Dice against all-empty was a coin flip for a 20-epoch tiny model: 85% of its pairs are
     empty, so a few false-positive pixels decide it, and CPU training is not bit-reproducible.)"""
-    from steelseg.datasets import SegmentationSamples, open_dataset
-    from steelseg.synth import SynthConfig, make_dataset
+    from steelseg.data.open import open_dataset
+    from steelseg.data.samples import SegmentationSamples
+    from steelseg.data.synth import SynthConfig, make_dataset
 
     data = make_dataset(tmp_path / "train", SynthConfig(images=120, seed=5, height=64, width=320))
     held = open_dataset(make_dataset(tmp_path / "held", SynthConfig(images=48, seed=99, height=64, width=320)))
@@ -419,7 +425,7 @@ def test_runs_table_and_compare(synth_small, tmp_path, capsys) -> None:
 
 
 def test_lr_factor_shapes() -> None:
-    from steelseg.train import lr_factor
+    from steelseg.training.module import lr_factor
 
     assert lr_factor("cosine", 0, 0.0, warmup=10) == pytest.approx(0.1)
     assert lr_factor("cosine", 50, 0.0, warmup=10) == pytest.approx(1.0)
@@ -445,7 +451,7 @@ def test_data_cache_trains_as_the_files_do_and_refuses_what_does_not_fit(synth_s
     """data.cache changes where the pixels come from, not what is learnt: the same seed gives the same
     validation scores with and without it. A cache that would take over half the free memory is a
     ConfigError that says how much, before any training."""
-    import steelseg.train as train_mod
+    import steelseg.training.loaders as loaders_mod
 
     extra = [TINY_DEC, "train.limit_train_batches=3", "train.seed=5"]
     plain = read_metrics(fit(tiny_cfg(synth_small, tmp_path / "plain", *extra)).run_dir)
@@ -453,7 +459,7 @@ def test_data_cache_trains_as_the_files_do_and_refuses_what_does_not_fit(synth_s
     assert "data.cache: 48 images and masks decoded into memory" in capsys.readouterr().err
     for key in ("train/loss", "val/loss", "val/dice"):
         assert float(plain[0][key]) == pytest.approx(float(cached[0][key]), abs=1e-5), key
-    monkeypatch.setattr(train_mod, "available_memory", lambda: 2 ** 20)  # 1 MiB free
+    monkeypatch.setattr(loaders_mod, "available_memory", lambda: 2 ** 20)  # 1 MiB free
     with pytest.raises(ConfigError, match=r"data.cache: .* need about .* GiB, more than half of the 0.0 GiB"):
         fit(tiny_cfg(synth_small, tmp_path / "big", *extra, "data.cache=true"))
     assert not (tmp_path / "big").exists() or not any((tmp_path / "big").rglob("metrics.csv"))
@@ -493,7 +499,7 @@ def test_resume_state_is_written_at_each_epoch_end(synth_small, tmp_path) -> Non
 
 
 def test_ema_update_warms_up_its_decay() -> None:
-    from steelseg.train import _ema_update
+    from steelseg.training.callbacks import _ema_update
 
     avg, cur = [torch.zeros(3)], [torch.ones(3)]
     _ema_update(avg, cur, 0, decay=0.998)  # first update: decay 1/10 -> 90% of the new weights

@@ -1,9 +1,10 @@
 """Typed files on disk: one dataclass per file, shared by the code that writes it and every reader.
 
-* ``model.json`` -> :class:`ModelMeta` (with :class:`ModelSpec` and :class:`InputMeta`)
+* ``model.json`` -> :class:`ModelMeta` (with :class:`ModelSpec` and :class:`InputMeta`; the input's
+  normalisation as an :class:`InputSpec`, which :mod:`steelseg.data.images` applies)
 * ``bundle.json`` -> :class:`BundleInfo`
-* ``postprocess.json`` -> :class:`steelseg.postprocess.PostProcess`
-* run configs (YAML) -> :mod:`steelseg.config`, through the same :func:`build`
+* ``postprocess.json`` -> :class:`steelseg.inference.postprocess.PostProcess`
+* run configs (YAML) -> :mod:`steelseg.training.config`, through the same :func:`build`
 
 :func:`build` turns a parsed mapping into a dataclass, checking every key and type; the classes
 check ranges in ``__post_init__``. :func:`load_json` reads a file and names the file and the field
@@ -23,13 +24,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from steelseg.errors import DataError, SteelsegError
-from steelseg.images import InputSpec
 
 __all__ = ["BundleInfo", "InputMeta", "ModelMeta", "ModelSpec", "build", "check_model_kwargs", "load_json",
            "to_dict"]
 
 T = TypeVar("T")
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a model wants its input: channels, and ``(pixel * scale - mean) / std`` per channel."""
+
+    channels: int = 1
+    mean: tuple[float, ...] = (0.449,)
+    std: tuple[float, ...] = (0.226,)
+    scale: float = 1 / 255
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels: {self.channels} (1 for gray or 3 for RGB)")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != self.channels:
+                raise ValueError(f"{name}: {len(values)} value(s) for {self.channels} channel(s)")
+            if not all(np.isfinite(v) for v in values):
+                raise ValueError(f"{name}: {list(values)} holds a non-finite value")
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"std: {list(self.std)}; every value must be > 0")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale: {self.scale}; must be a finite number > 0")
+
+    def lut(self) -> np.ndarray:
+        """(C, 256) float32: the normalised value of every uint8 level, per channel."""
+        levels = np.arange(256, dtype=np.float32) * np.float32(self.scale)
+        mean = np.asarray(self.mean, np.float32)[:, None]
+        std = np.asarray(self.std, np.float32)[:, None]
+        return ((levels[None, :] - mean) / std).astype(np.float32)
+
+
 
 MODEL_FORMAT = "steelseg-model/1"
 BUNDLE_FORMAT = "steelseg-bundle/1"
@@ -213,7 +247,7 @@ class ModelSpec:
 
 @dataclass
 class InputMeta:
-    """The ``input`` section: what :func:`steelseg.images.to_input` needs, plus sizes seen in training."""
+    """The ``input`` section: what :func:`steelseg.data.images.to_input` needs, plus sizes seen in training."""
 
     channels: int = 1
     mean: list[float] = field(default_factory=lambda: [0.449])

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from steelseg import rle
+from steelseg.data import rle
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, atomic_text, atomic_write, check_writable_dir
 

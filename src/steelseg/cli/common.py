@@ -1,0 +1,73 @@
+"""What the command families share: the dataset and pipeline arguments, opening a dataset, tables."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_backend_args", "add_data_args", "add_pipeline_args", "add_tile_args", "class_names", "device",
+           "open_data", "table"]
+
+
+def class_names(value: str | None) -> list[str] | None:
+    return [n.strip() for n in value.split(",") if n.strip()] if value else None
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", type=Path, help="dataset folder in any layout: kaggle (train.csv + train_images/), "
+                   "masks (JPEGImages/ + SegmentationClass/), folders (one folder per class, masks beside "
+                   "the images), mvtec (train/good, test/<defect>, ground_truth/), coco (a COCO JSON)")
+    p.add_argument("--class-names", type=str, default=None,
+                   help="comma-separated class names (default: classes.txt, the class folders or COCO "
+                        "categories, else class1..classC)")
+    p.add_argument("--layout", default=None, choices=["kaggle", "masks", "folders", "mvtec", "coco"],
+                   help="force the layout when detection is ambiguous")
+    p.add_argument("--free-dirs", default=None, help="folders layout: comma-separated names of the "
+                   "defect-free folders (default: good, ok, free, normal, defect_free, clean, ...)")
+
+
+def open_data(args: argparse.Namespace, progress: bool = False) -> Any:
+    from steelseg.data.open import open_dataset
+
+    return open_dataset(args.data, class_names(args.class_names), progress=progress, layout=args.layout,
+                        free_dirs=class_names(args.free_dirs))
+
+
+def add_pipeline_args(p: argparse.ArgumentParser, nargs: str) -> None:
+    p.add_argument("runs", nargs=nargs, help="segmenter run folders (several = fold ensemble)")
+    p.add_argument("--data", required=True, help="labelled dataset")
+    p.add_argument("--split", default="val", help="val (the run's own validation list), a dataset split, or all")
+    p.add_argument("--classifier", action="append", help="gating classifier run folder, repeatable")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--device", default="auto", help="cpu, cuda, auto")
+
+
+def add_tile_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--tile", type=int, default=None,
+                   help=f"predict images larger than this (pixels) in overlapping tiles, memory bounded ({default})")
+    p.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring tiles (default 128)")
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default=None, choices=["torch", "onnx"],
+                   help="force a backend (default: what the bundle's model files are)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all cores)")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

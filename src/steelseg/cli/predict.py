@@ -1,0 +1,238 @@
+"""steelseg evaluate / tune / bundle / predict / export: the prediction pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from steelseg.cli.common import (
+    add_backend_args,
+    add_pipeline_args,
+    add_tile_args,
+    class_names,
+    device,
+    table,
+)
+from steelseg.errors import SteelsegError
+
+EXPORT_EPILOG = """examples:
+  steelseg export bundles/seg --out bundles/seg-onnx                      # fp32, parity-checked
+  steelseg export bundles/seg --out bundles/seg-int8 --quantize int8     # + Dice before/after
+  steelseg predict bundles/seg-int8 data/test_images --out out --threads 2
+"""
+
+
+def _print_eval(res: dict) -> None:
+    names = list(res["dice_per_class"])
+    rows = [(n, f"{res['dice_per_class'][n]:.4f}", f"{res['all_empty_dice_per_class'][n]:.4f}",
+             "-" if res["iou_per_class"][n] is None else f"{res['iou_per_class'][n]:.4f}") for n in names]
+    rows.append(("mean", f"{res['dice']:.4f}", f"{res['all_empty_dice']:.4f}", f"{res['miou']:.4f}"))
+    print(table(["class", "kaggle dice", "all-empty dice", "IoU"], rows))
+    for name, s in (res.get("classifier") or {}).items():
+        print(f"classifier {name}: precision {s['precision']:.3f} recall {s['recall']:.3f} (support {s['support']})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from steelseg.inference.evaluation import evaluate
+    from steelseg.inference.predictor import Predictor
+
+    predictor = None
+    if args.bundle:
+        predictor = Predictor.from_bundle(args.bundle, device=device(args.device), tta=args.tta or None,
+                                          backend=args.backend, threads=args.threads)
+    elif not args.runs:
+        raise SteelsegError("give run folders (RUN...) or --bundle")
+    out = args.out or (Path(args.runs[0] if args.runs else args.bundle) / f"eval-{args.split}")
+    res = evaluate(args.runs, args.data, out, args.split, args.classifier or [], args.tta, None, predictor,
+                   progress=sys.stderr.isatty(), device=device(args.device))
+    _print_eval(res)
+    print(f"\nwrote {out}/metrics.json, per_image.csv, predictions.npz")
+    return 0
+
+
+def _saved_matches(prev: dict, args: argparse.Namespace) -> bool:
+    """Whether saved predictions came from these models, data, split and TTA, with raw probabilities
+    (a bundle whose gate skipped segmentation of some images leaves zeros instead)."""
+    return (prev["data"] == str(args.data) and prev["split"] == args.split and prev["tta"] == args.tta
+            and prev["segmenters"] == [str(r) for r in args.runs]
+            and prev["classifiers"] == [str(c) for c in args.classifier or []]
+            and (prev.get("postprocess") or {}).get("gate_any") is None)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from steelseg.fsutil import refuse_existing
+    from steelseg.inference.bundle import write_bundle
+    from steelseg.inference.evaluation import evaluate, load_predictions
+    from steelseg.inference.tune import tune_min_component, tune_postprocess
+
+    refuse_existing(args.out, args.overwrite, "bundle")  # before minutes of prediction, not after
+    eval_dir = Path(args.eval_dir or Path(args.runs[0]) / f"eval-{args.split}")
+    meta_path = eval_dir / "metrics.json"
+    same = meta_path.is_file() and _saved_matches(json.loads(meta_path.read_text()), args)
+    if not same:
+        print(f"predicting {args.split} once (saved to {eval_dir}) ...", flush=True)
+        evaluate(args.runs, args.data, eval_dir, args.split, args.classifier or [], args.tta,
+                 progress=sys.stderr.isatty(), device=device(args.device))
+    else:
+        print(f"reusing saved predictions in {eval_dir}")
+    pred = load_predictions(eval_dir)
+    pixels = int(np.median(pred["image_pixels"]))
+    report = tune_postprocess(pred["hist_all"], pred["hist_true"], pixels, pred.get("gate"))
+    if "probs" in pred and "true" in pred:  # refine with a minimum connected-component size
+        report.chosen, report.after = tune_min_component(pred["probs"], pred["true"], report.chosen,
+                                                         pred.get("gate"))
+    names = list(json.loads(meta_path.read_text())["dice_per_class"])
+    print(report.table(names))
+    extra = {"tuned_on": {"data": str(args.data), "split": args.split, "images": int(len(pred["image_ids"])),
+                          "dice_before": report.mean_before, "dice_after": report.mean_after,
+                          "per_class_before": report.before, "per_class_after": report.after}}
+    out = write_bundle(args.out, args.runs, args.classifier or [], report.chosen, names, args.tta,
+                       extra=extra, overwrite=args.overwrite, tile=args.tile,
+                       overlap=128 if args.overlap is None else args.overlap)
+    print(f"\nbundle written to {out} (predict with: steelseg predict {out} IMAGES --out DIR)")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from steelseg.inference.bundle import write_bundle
+
+    if args.empty:
+        names = class_names(args.class_names)
+        if not names:
+            raise SteelsegError("--empty needs --class-names (e.g. class1,class2,class3,class4)")
+        out = write_bundle(args.out, [], [], None, names, kind="all-empty", overwrite=args.overwrite)
+    else:
+        if not args.runs:
+            raise SteelsegError("give run folders, or --empty for the all-empty baseline")
+        out = write_bundle(args.out, args.runs, args.classifier or [], None, None, args.tta, kind="plain",
+                           overwrite=args.overwrite, tile=args.tile,
+                           overlap=128 if args.overlap is None else args.overlap)
+    print(f"bundle written to {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from steelseg.inference.predict import predict_folder
+
+    tta = True if args.tta else (False if args.no_tta else None)
+    res = predict_folder(args.bundle, args.images, args.out, args.overlays, args.labels, tta,
+                         device(args.device), progress=sys.stderr.isatty(), backend=args.backend,
+                         threads=args.threads, recursive=args.recursive, tile=args.tile, overlap=args.overlap)
+    if res["skipped_files"]:
+        print(f"skipped {len(res['skipped_files'])} file(s) or folder(s) that are not images "
+              f"(all listed in predict.json): {', '.join(res['skipped_files'][:20])}"
+              + (" ..." if len(res["skipped_files"]) > 20 else ""))
+    print(f"wrote {res['submission']} ({res['images']} images x {len(res['class_names'])} classes)")
+    if "dice" in res:
+        print(f"kaggle dice against --labels: {res['dice']:.4f}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from steelseg.inference.export import export_bundle, load_export_data
+
+    if args.samples < 1 or args.calib < 1 or args.val < 1:
+        raise SteelsegError("--samples, --calib and --val must be >= 1")
+    from steelseg.fsutil import refuse_existing
+
+    refuse_existing(args.out, args.overwrite, "bundle")
+    data = load_export_data(args.bundle, args.data, args.calib, args.val)
+    samples = data["val"][:args.samples]
+    quant = bool(args.quantize)
+    rep = export_bundle(args.bundle, args.out, samples, args.quantize, data["calib"] if quant else (),
+                        data["val"] if quant else (), data["val_masks"] if quant else (), args.max_dice_drop,
+                        args.opset, args.overwrite, args.threads)
+    for m in rep.models:
+        print(f"{m['model']}: model.onnx (opset {m['opset']}, dynamic size: {'yes' if m['dynamic_hw'] else 'no'})")
+    same = "masks identical" if rep.masks_identical else \
+        f"masks identical but for {rep.threshold_pixels} pixel(s) whose probability is within 1e-3 of the threshold"
+    print(f"parity on {len(samples)} images: max |p_onnx - p_torch| = {rep.parity_max_abs:.2e}, {same}")
+    if rep.quantize:
+        print(f"int8: Kaggle Dice {rep.dice_before:.4f} -> {rep.dice_after:.4f} on {len(data['val'])} validation "
+              f"images; {rep.speed_fp32:.2f} -> {rep.speed_int8:.2f} images/s "
+              f"({rep.speed_int8 / rep.speed_fp32:.2f}x)")
+    print(f"wrote {rep.out} in {rep.seconds:.1f}s (predict with: steelseg predict {rep.out} IMAGES --out DIR)")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add this family's sub-commands to ``steelseg``'s sub-parsers."""
+    p = sub.add_parser("evaluate", help="score models or a bundle on a labelled split",
+                       description="Predict a split once, report Kaggle mean Dice (overall, per class, "
+                                   "vs the all-empty baseline), IoU per class, classifier precision/recall; "
+                                   "save metrics.json, per_image.csv and predictions.npz for tuning.")
+    add_pipeline_args(p, "*")
+    p.add_argument("--bundle", default=None, help="evaluate a bundle (with its post-processing) instead")
+    add_backend_args(p)
+    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/eval-SPLIT)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("tune", help="tune thresholds / minimum areas / gates and write a bundle",
+                       description="Search per-class pixel thresholds, minimum mask areas and classifier "
+                                   "gates on validation predictions to maximise Kaggle mean Dice; write a "
+                                   "bundle for `steelseg predict`.")
+    add_pipeline_args(p, "+")
+    p.add_argument("--eval-dir", default=None, help="saved predictions (default RUN/eval-SPLIT)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (swapped in when complete)")
+    add_tile_args(p, "saved in the bundle; default: whole images")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("bundle", help="pack models without tuning (plain baseline) or the all-empty baseline",
+                       description="Write a bundle with threshold 0.5 and no minimum area (the plain "
+                                   "single-model baseline), or --empty for the all-empty baseline.")
+    p.add_argument("runs", nargs="*", help="segmenter run folders")
+    p.add_argument("--classifier", action="append", help="gating classifier run folder")
+    p.add_argument("--empty", action="store_true", help="the all-empty baseline bundle")
+    p.add_argument("--class-names", default=None, help="class names for --empty")
+    p.add_argument("--tta", action="store_true", help="use flip TTA when predicting")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (swapped in when complete)")
+    add_tile_args(p, "saved in the bundle; default: whole images")
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("predict", help="predict a folder of images to submission.csv (+ overlays)",
+                       description="Run a bundle over every image in IMAGES and write OUT/submission.csv "
+                                   "(ImageId,EncodedPixels,ClassId; written atomically) and optional overlays.")
+    p.add_argument("bundle", help="bundle folder (steelseg tune / steelseg bundle)")
+    p.add_argument("images", help="folder of images")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--overlays", action="store_true", help="save PNG overlays of the predicted masks")
+    p.add_argument("--labels", default=None, help="labelled dataset: ground truth beside overlays, and Dice")
+    p.add_argument("--tta", action="store_true", help="force flip TTA on")
+    p.add_argument("--no-tta", action="store_true", help="force flip TTA off")
+    p.add_argument("--device", default="auto", help="cpu, cuda, auto")
+    p.add_argument("--recursive", action="store_true",
+                   help="read subfolders too (ImageId is then the path under IMAGES, e.g. line2/a.jpg)")
+    add_tile_args(p, "default: the bundle's setting, else whole images")
+    add_backend_args(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a bundle as ONNX (optionally int8) for fast CPU inference",
+                       description="Export every model of BUNDLE to ONNX (probabilities out, dynamic batch "
+                                   "and image size where the architecture allows) into a new bundle. Parity "
+                                   "with PyTorch is checked on sample images first: any difference in "
+                                   "probabilities beyond 1e-3 or in the final masks fails and writes nothing. "
+                                   "--quantize int8 calibrates on the training images, scores Kaggle Dice "
+                                   "on validation images before and after, and refuses a larger drop than "
+                                   "--max-dice-drop.", epilog=EXPORT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle folder with PyTorch models (steelseg tune / steelseg bundle)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
+    p.add_argument("--quantize", default=None, choices=["int8"], help="static int8 quantisation (QDQ, per-channel)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--data", default=None, help="labelled dataset for samples, calibration and validation "
+                   "(default: the data the models were trained on)")
+    p.add_argument("--samples", type=int, default=4, help="images for the parity check (default 4)")
+    p.add_argument("--calib", type=int, default=32, help="calibration images for int8 (default 32)")
+    p.add_argument("--val", type=int, default=64, help="validation images scored before/after int8 (default 64)")
+    p.add_argument("--max-dice-drop", type=float, default=0.005, help="largest Dice drop int8 may cost (default 0.005)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output bundle")
+    p.set_defaults(func=cmd_export)

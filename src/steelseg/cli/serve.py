@@ -1,0 +1,53 @@
+"""steelseg serve: the HTTP service and its review page."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from steelseg.cli.common import add_backend_args
+from steelseg.errors import SteelsegError
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from steelseg.serve.app import ServeConfig, run
+    except ImportError as exc:
+        raise SteelsegError(f"the service needs the serve extra: pip install 'steelseg[serve]' ({exc})") from None
+    if args.workers < 1 or args.max_batch < 1:
+        raise SteelsegError("--workers and --max-batch must be >= 1")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who reaches it can use it",
+              file=sys.stderr)
+    cfg = ServeConfig(str(args.bundle), args.api_key or os.environ.get("STEELSEG_API_KEY"),
+                      str(args.feedback) if args.feedback else None, args.max_batch, args.max_mb * 1024 * 1024,
+                      backend=args.backend, threads=args.threads)
+    print(f"serving {args.bundle} on http://{args.host}:{args.port} (review page /, API docs /docs)", flush=True)
+    run(cfg, args.host, args.port, args.workers)
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add this family's sub-commands to ``steelseg``'s sub-parsers."""
+    p = sub.add_parser("serve", help="run the HTTP service with a review page (FastAPI)",
+                       description="Serve BUNDLE over HTTP: POST /v1/predict (one image), /v1/predict/batch, "
+                                   "/v1/feedback; GET /health, /ready, /v1/model, /metrics (Prometheus), /docs "
+                                   "(OpenAPI) and the review page at /. Binds to 127.0.0.1 unless told otherwise.",
+                       epilog="examples:\n  steelseg serve bundles/seg-int8 --feedback data/feedback\n"
+                              "  STEELSEG_API_KEY=secret steelseg serve bundles/seg --host 0.0.0.0 --workers 2\n"
+                              "  curl -F file=@strip.jpg -H 'X-API-Key: secret' http://127.0.0.1:8000/v1/predict",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", type=Path, help="bundle folder (PyTorch or ONNX)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each loads the bundle once")
+    p.add_argument("--api-key", default=None, help="require this key (X-API-Key header) on /v1/*; "
+                   "or set $STEELSEG_API_KEY")
+    p.add_argument("--feedback", type=Path, default=None, help="append reviewed images to this Kaggle-layout folder")
+    p.add_argument("--max-batch", type=int, default=16, help="most images in one batch request (default 16)")
+    p.add_argument("--max-mb", type=int, default=32, help="largest request body in MB (default 32)")
+    add_backend_args(p)
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,168 @@
+"""Backends behind ``Predictor``: a runner takes a normalised (N, C, H, W) float32 batch and returns
+probabilities, (N, K, H, W) for segmenters or (N, K) for classifiers. Flip TTA, fold averaging,
+gating and post-processing are written once above this seam, in :mod:`steelseg.inference.predictor`.
+
+* :class:`TorchRunner`: the safetensors model rebuilt from model.json (eager PyTorch).
+* :class:`OnnxRunner`: an exported ``model.onnx`` in ONNX Runtime, one session per model made
+  once; torch is not imported on this path.
+
+Which one a model folder needs follows from its files (:func:`model_format`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from steelseg.errors import DataError
+from steelseg.models.checkpoint import read_model_json
+from steelseg.schema import ModelMeta
+
+__all__ = ["OnnxRunner", "Runner", "TorchRunner", "load_runner", "model_format", "pad_to_stride"]
+
+ONNX_FILE = "model.onnx"
+STRIDE = 32  # segmenters are padded to a multiple of this (steelseg.models.factory.Segmenter does the same)
+
+
+class Runner(Protocol):
+    """Normalised batch in, probabilities out."""
+
+    meta: ModelMeta
+    source: Path
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class TorchRunner:
+    """Eager PyTorch. On the CPU the model runs channels-last, one image at a time: measured 1.3x
+    (channels-last) and 1.2x (batch 1 against 4 on 256x1600 strips, cache-bound) faster here."""
+
+    def __init__(self, net: Any, meta: ModelMeta, source: Path, device: str = "cpu") -> None:
+        import torch
+
+        self.meta, self.source, self.device = meta, source, device
+        self.cpu = str(device).startswith("cpu")
+        self.net = net.to(memory_format=torch.channels_last) if self.cpu else net
+
+    @classmethod
+    def load(cls, folder: Path, which: str = "best", device: str = "cpu",
+             meta: ModelMeta | None = None) -> TorchRunner:
+        from steelseg.models.checkpoint import load_model
+
+        net, meta = load_model(folder, which, device, meta)
+        return cls(net, meta, folder, device)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = np.ascontiguousarray(x)
+        with torch.inference_mode():
+            if not self.cpu:
+                return torch.sigmoid(self.net(torch.from_numpy(x).to(self.device)).float()).cpu().numpy()
+            outs = []
+            for i in range(len(x)):
+                xi = torch.from_numpy(x[i:i + 1]).contiguous(memory_format=torch.channels_last)
+                outs.append(torch.sigmoid(self.net(xi).float()).numpy())
+            return np.ascontiguousarray(np.concatenate(outs))
+
+
+def pad_to_stride(x: np.ndarray, stride: int = STRIDE) -> np.ndarray:
+    """Pad (N, C, H, W) at the bottom and right to a multiple of ``stride``, as the PyTorch
+    ``Segmenter`` does: mirrored where the image is larger than the pad, else repeated edges."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
+
+
+class OnnxRunner:
+    def __init__(self, folder: Path, meta: ModelMeta, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - the export extra is missing
+            raise DataError("ONNX models need onnxruntime: pip install 'steelseg[export]'") from exc
+        info = meta.weights or {}
+        self.meta, self.source = meta, folder
+        path = folder / str(info.get("file", ONNX_FILE))
+        if not path.is_file():
+            raise DataError(f"{path}: missing (model.json names it as the model's weights)")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf types
+            raise DataError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:300]}); was it truncated or overwritten?") from None
+        self.input = self.session.get_inputs()[0].name
+        self.segment = meta.model.task == "segment"
+        # stride null: the graph pads (and resizes) inside, as an input_scale segmenter's export does
+        self.pad = self.segment and info.get("stride", STRIDE) is not None
+        self.scale = float((meta.model.kwargs or {}).get("input_scale", 1.0))
+        self.dynamic_hw = bool(info.get("dynamic_hw", True))
+        self.dynamic_batch = bool(info.get("dynamic_batch", True))
+        self.size = info.get("export_size")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[-2:]
+        if self.pad:
+            x = pad_to_stride(x)
+        elif self.segment:
+            self._check_inner_pad(h, w)
+        if not self.dynamic_hw and self.size and list(x.shape[-2:]) != list(self.size):
+            raise DataError(f"{self.source}: this ONNX model takes {self.size[1]}x{self.size[0]} images only "
+                            f"(its architecture exported with a fixed size), got {w}x{h}")
+        x = np.ascontiguousarray(x, np.float32)
+        if self.dynamic_batch:
+            out = self.session.run(None, {self.input: x})[0]
+        else:  # a graph exported for batch 1
+            out = np.concatenate([self.session.run(None, {self.input: x[i:i + 1]})[0] for i in range(len(x))])
+        return out[..., :h, :w] if self.segment else out
+
+    def _check_inner_pad(self, h: int, w: int) -> None:
+        """A graph that resizes and pads inside froze PyTorch's mirrored padding when it was traced;
+        mirroring needs the resized image to be larger than the pad, which ONNX Runtime would refuse
+        with its own error. Say what the image needs instead."""
+        sh, sw = int(h * self.scale), int(w * self.scale)  # floor, as the graph's Resize computes it
+        if any(0 < (-side) % STRIDE >= side for side in (sh, sw)):
+            need = next(n for n in range(1, 10 * STRIDE) if (-int(n * self.scale)) % STRIDE < int(n * self.scale))
+            raise DataError(f"{self.source}: a {w}x{h} image is too small for this ONNX model (it resizes by "
+                            f"{self.scale:g} and mirrors the edges to a multiple of {STRIDE} inside the graph): "
+                            f"give it images of at least {need} px per side, or use --backend torch")
+
+
+def model_format(folder: Path, meta: ModelMeta | None = None) -> str:
+    """``torch`` (best.safetensors) or ``onnx`` (model.onnx named in model.json) for a model folder;
+    ``meta`` is its model.json when the caller has read it already."""
+    meta = meta or read_model_json(folder)
+    if meta.weights and meta.weights.get("format") == "onnx":
+        return "onnx"
+    if (folder / "best.safetensors").is_file():
+        return "torch"
+    raise DataError(f"{folder / 'best.safetensors'}: missing, and model.json names no ONNX file")
+
+
+def load_runner(folder: Path, backend: str, device: str = "cpu", which: str = "best",
+                threads: int | None = None, meta: ModelMeta | None = None) -> Runner:
+    """The model in ``folder`` on ``backend``; ``meta`` is its model.json when already read (read once)."""
+    meta = meta or read_model_json(folder)
+    fmt = model_format(folder, meta)
+    if backend != fmt:
+        have = "ONNX files only (steelseg export keeps no PyTorch weights)" if fmt == "onnx" else \
+            "PyTorch weights only (make ONNX files with `steelseg export`)"
+        raise DataError(f"{folder}: backend {backend} asked for, but this model has {have}")
+    if fmt == "onnx":
+        if device not in ("cpu", "auto"):
+            raise DataError(f"{folder}: the ONNX backend runs on the CPU; use --device cpu or --backend torch")
+        return OnnxRunner(folder, meta, threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    return TorchRunner.load(folder, which, device, meta)

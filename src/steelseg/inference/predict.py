@@ -1,0 +1,102 @@
+"""``steelseg predict``: a bundle over a folder of images -> ``submission.csv`` (streamed, written
+atomically), optional overlays (swapped in as one folder) and, against labels, Kaggle Dice."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steelseg import metrics, viz
+from steelseg.data.images import IMAGE_EXTS, image_size, list_images, read_image
+from steelseg.data.open import open_dataset
+from steelseg.errors import DataError
+from steelseg.fsutil import atomic_json, check_writable_dir, staged_dir
+from steelseg.inference.predictor import Predictor
+from steelseg.inference.submission import SubmissionWriter
+
+__all__ = ["predict_folder"]
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove what a killed earlier run left: a partial submission and half-written overlay folders."""
+    (out / "submission.csv.partial").unlink(missing_ok=True)
+    for p in out.glob(".overlays.*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in out.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def _image_ids(images: Sequence[Path], root: Path) -> list[str]:
+    """ImageId of each file: its name, or its path under ``root`` (with /) when read recursively."""
+    return [p.relative_to(root).as_posix() for p in images]
+
+
+def _write_overlay(folder: Path, image_id: str, path: Path, masks: np.ndarray, true: np.ndarray | None) -> None:
+    """The prediction drawn on its image (beside the ground truth when labelled), as a PNG in ``folder``."""
+    import cv2
+
+    img = read_image(path, None)
+    pic = viz.caption(viz.overlay(img, masks), f"{image_id}: prediction")
+    if true is not None:
+        pic = viz.side_by_side(pic, viz.caption(viz.overlay(img, true), "ground truth"))
+    dst = folder / (image_id.replace("/", "__") + ".png")  # the full name: a.jpg and a.png differ
+    cv2.imwrite(str(dst), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
+
+
+def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, overlays: bool = False,
+                   labels: str | Path | None = None, tta: bool | None = None, device: str = "cpu",
+                   progress: bool = False, min_size: int = 16, backend: str | None = None,
+                   threads: int | None = None, recursive: bool = False, tile: int | None = None,
+                   overlap: int | None = None) -> dict[str, Any]:
+    """Write ``out/submission.csv`` (and overlays) for every image in ``images_dir``.
+
+    Files that are not images, and subfolders unless ``recursive``, are listed as skipped. Overlays
+    of a run are written to a folder of their own and replace ``out/overlays`` as one at the end.
+    """
+    predictor = Predictor.from_bundle(bundle, device=device, tta=tta, backend=backend, threads=threads, tile=tile,
+                                      overlap=overlap)
+    images_dir = Path(images_dir)
+    images, others = list_images(images_dir, recursive=recursive)
+    if not images:
+        raise DataError(f"{images_dir}: no images (looked for {', '.join(IMAGE_EXTS)}"
+                        f"{'' if recursive else ' directly inside it; --recursive reads subfolders'})")
+    ids = _image_ids(images, images_dir)
+    for p in images:  # refuse what no model can take, or what would not fit in memory, before any work
+        h, w = image_size(p)
+        if h < min_size or w < min_size:
+            raise DataError(f"{p}: image is {w}x{h}; the model needs at least {min_size}x{min_size} pixels")
+    out = check_writable_dir(out)
+    _clean_stale(out)
+    truth = open_dataset(labels, predictor.class_names) if labels else None
+    labelled = set(truth.image_ids) if truth is not None else set()
+    acc = metrics.DiceAccumulator()
+    class_ids = list(range(1, predictor.num_classes + 1))
+    with contextlib.ExitStack() as stack:
+        sub = stack.enter_context(SubmissionWriter(out / "submission.csv", class_ids))
+        pics = stack.enter_context(staged_dir(out / "overlays", True, "overlays")) if overlays else None
+        for image_id, (path, pred) in zip(ids, predictor.predict_paths(images, progress=progress)):
+            sub.add(image_id, pred.masks)
+            true = None
+            if truth is not None and image_id in labelled:
+                true = truth.load_mask(image_id)
+                if true.shape[:2] != pred.masks.shape[:2]:
+                    raise DataError(f"{path}: image is {pred.masks.shape[1]}x{pred.masks.shape[0]} but its "
+                                    f"--labels mask is {true.shape[1]}x{true.shape[0]}; labels must be of "
+                                    "the predicted images")
+                acc.update(pred.masks[None], true[None])
+            if pics is not None:
+                _write_overlay(pics, image_id, path, pred.masks, true)
+    summary: dict[str, Any] = {"images": len(images), "skipped_files": _image_ids(others, images_dir),
+                               "submission": str(out / "submission.csv"), "class_names": predictor.class_names,
+                               "backend": predictor.backend}
+    if acc._pairs:
+        rep = acc.compute()
+        summary["dice"] = rep.mean
+        summary["dice_per_class"] = dict(zip(predictor.class_names, rep.per_class))
+    atomic_json(out / "predict.json", summary)
+    return summary

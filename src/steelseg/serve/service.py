@@ -1,0 +1,132 @@
+"""What one service worker holds: its config, the predictor (loaded once), Prometheus metrics and the
+feedback writer; image decoding with the limits, and the JSON description of a prediction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steelseg.data import rle
+from steelseg.data.images import image_size, max_pixels, read_image
+from steelseg.errors import DataError, SteelsegError
+from steelseg.inference import postprocess
+from steelseg.inference.bundle import read_bundle
+from steelseg.inference.predictor import Prediction, Predictor
+
+__all__ = ["ApiError", "ServeConfig", "Service"]
+
+@dataclass
+class ServeConfig:
+    bundle: str
+    api_key: str | None = None
+    feedback: str | None = None
+    max_batch: int = 16
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = field(default_factory=max_pixels)
+    backend: str | None = None
+    threads: int | None = None
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        """What ``steelseg serve`` hands its workers (each worker process builds its own app)."""
+        raw = os.environ.get("STEELSEG_SERVE_CONFIG")
+        if not raw:
+            raise SteelsegError("STEELSEG_SERVE_CONFIG is not set; start the service with `steelseg serve`")
+        return cls(**json.loads(raw))
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _bundle_id(path: Path) -> str:
+    """A short content hash of the bundle's small files: which model answered, on every response."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*.json")):
+        h.update(p.relative_to(path).as_posix().encode())
+        h.update(p.read_bytes())
+    return f"{path.name}-{h.hexdigest()[:12]}"
+
+
+class _Metrics:
+    def __init__(self, class_names: list[str]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("steelseg_requests_total", "HTTP requests", ["route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("steelseg_request_seconds", "Request latency", ["route"], registry=self.registry,
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.images = Counter("steelseg_images_total", "Images predicted", registry=self.registry)
+        self.defects = Counter("steelseg_defects_total", "Images in which a class was found", ["class_name"],
+                               registry=self.registry)
+        self.feedback = Counter("steelseg_feedback_total", "Feedback verdicts", ["class_name", "verdict"],
+                                registry=self.registry)
+        for n in class_names:  # every class shows from the start, so a rate of 0 is visible
+            self.defects.labels(n)
+
+
+class Service:
+    """What one worker holds: the predictor (loaded once), metrics, and the feedback writer."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.bundle = Path(cfg.bundle)
+        self.info = read_bundle(self.bundle)
+        self.predictor = Predictor.from_bundle(self.bundle, backend=cfg.backend, threads=cfg.threads)
+        self.bundle_id = _bundle_id(self.bundle)
+        self.metrics = _Metrics(self.predictor.class_names)
+        self.lock = threading.Lock()  # one prediction at a time per worker: no oversubscribed cores
+        self.feedback = None
+        if cfg.feedback:
+            from steelseg.serve.feedback import FeedbackWriter
+
+            self.feedback = FeedbackWriter(Path(cfg.feedback), self.predictor.class_names)
+
+    def decode(self, data: bytes, name: str) -> np.ndarray:
+        if not data:
+            raise ApiError(400, f"{name}: empty body; send an image (JPEG, PNG, BMP or TIFF)")
+        if len(data) > self.cfg.max_bytes:
+            raise ApiError(413, f"{name}: {len(data)} bytes, above the limit of {self.cfg.max_bytes}")
+        try:
+            h, w = image_size(data, name, self.cfg.max_pixels)
+        except DataError as exc:
+            raise ApiError(413 if "above the limit" in str(exc) else 400, str(exc)) from None
+        if min(h, w) < 16:
+            raise ApiError(400, f"{name}: image is {w}x{h}; at least 16x16 pixels are needed")
+        try:
+            return read_image(data, None, name, self.cfg.max_pixels)
+        except DataError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+        with self.lock:
+            return self.predictor.predict(images)
+
+    def describe(self, pred: Prediction, image: np.ndarray, timings: dict[str, float]) -> dict[str, Any]:
+        classes = []
+        for c, name in enumerate(self.predictor.class_names):
+            mask = pred.masks[..., c]
+            area = int(mask.sum())
+            score = None if pred.gate is None else float(pred.gate[c])
+            boxes = [list(b) for b in postprocess.components(mask)] if area else []
+            classes.append({"id": c + 1, "name": name, "present": area > 0, "score": score,
+                            "max_probability": float(pred.probs[..., c].max()), "area": area,
+                            "boxes": boxes, "rle": rle.encode(mask)})
+            if area:
+                self.metrics.defects.labels(name).inc()
+        self.metrics.images.inc()
+        h, w = image.shape[:2]
+        return {"image": {"width": w, "height": h}, "bundle": self.bundle_id, "skipped_by_gate": pred.skipped,
+                "classes": classes, "timings_ms": {k: round(v * 1000, 2) for k, v in timings.items()}}
+
+
