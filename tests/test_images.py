@@ -10,15 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steelseg.data.images import (
-    InputSpec,
-    image_size,
-    list_images,
-    read_image,
-    to_channels,
-    to_input,
-    to_uint8,
-)
+from steelseg.data.images import InputSpec, image_size, list_images, read_image, to_channels, to_input, to_uint8
 from steelseg.data.open import open_dataset
 from steelseg.data.samples import SegmentationSamples
 from steelseg.errors import DataError

@@ -6,12 +6,7 @@ import pytest
 import torch
 
 from steelseg.errors import ConfigError
-from steelseg.models import (
-    create_classifier,
-    create_segmenter,
-    depthwise_in_fp32,
-    freeze_to_stride,
-)
+from steelseg.models import create_classifier, create_segmenter, depthwise_in_fp32, freeze_to_stride
 
 TINY = "tu-test_resnet"
 DEC = {"decoder_channels": [16, 16, 8, 8, 8]}

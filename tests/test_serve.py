@@ -167,7 +167,8 @@ def test_api_key(bundle) -> None:
     assert c.post("/v1/predict", files=data, headers={"X-API-Key": "s3cret"}).status_code == 200
     assert c.post("/v1/predict", files=data, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert c.get("/v1/model").status_code == 401 and c.get("/health").status_code == 200
-    assert 'route="/v1/predict",status="401"' in c.get("/metrics").text
+    assert c.get("/metrics").status_code == 401  # per-class defect counts need the key too
+    assert 'route="/v1/predict",status="401"' in c.get("/metrics", headers={"X-API-Key": "s3cret"}).text
 
 
 def test_feedback_folder_loads_as_a_dataset(client, tmp_path, capsys) -> None:

@@ -139,9 +139,7 @@ def test_finetune_loss_takes_over_for_the_last_share(synth_small, tmp_path) -> N
                           "train.limit_val_batches=1", "train.finetune_loss=lovasz", "train.finetune_share=0.5"))
     rows = read_metrics(result.run_dir)
     assert [float(r["train/finetune"]) for r in rows] == [0.0, 1.0]
-    from steelseg.reports.report import (
-        write_report,  # its loss plot shades the fine-tune epochs
-    )
+    from steelseg.reports.report import write_report  # its loss plot shades the fine-tune epochs
 
     report = write_report(result.run_dir, tmp_path / "report")
     assert report["best_epoch_metrics"]["train/finetune"] in (0.0, 1.0)
@@ -181,9 +179,7 @@ def test_low_res_scale_trains_small_first_and_saves_the_final_scale(synth_small,
     meta = read_model_json(result.run_dir / "model")
     assert meta.best["epoch"] == 2  # the low-resolution epochs' scores are logged, never the best model
     assert meta.model.kwargs["input_scale"] == 1.0
-    from steelseg.reports.report import (
-        write_report,  # its score plot shades the low-resolution epochs
-    )
+    from steelseg.reports.report import write_report  # its score plot shades the low-resolution epochs
 
     write_report(result.run_dir, tmp_path / "report")
     assert (tmp_path / "report" / "img" / "scores.png").stat().st_size > 0

@@ -115,3 +115,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def confine(path: str | Path, root: str | Path, what: str = "file") -> Path:
+    """``path`` itself when it lies inside ``root`` once links are followed; else a DataError. A dataset
+    never makes steelseg read, train on or copy a file outside its folder (a COCO ``file_name`` of
+    ``../x.png``, an absolute path, a link that leads out)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+        raise DataError(f"{path}: {what} resolves to {real}, outside the dataset folder {base}; keep images and "
+                        "masks inside the dataset folder (copy them in, or open the folder that holds them)")
+    return Path(path)
+

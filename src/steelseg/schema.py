@@ -174,6 +174,34 @@ def load_json(path: str | Path, cls: type[T]) -> T:
         raise DataError(f"{path}: {exc}") from None
 
 
+def check_plain_name(name: Any, where: str) -> str:
+    """A file named inside a steelseg file (model.json's weights.file) must be a plain name in the same
+    folder: no folders, no ``..``, not absolute, so a copied or edited file cannot make steelseg read or
+    copy anything outside its folder."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or "\0" in name or ":" in name:
+        raise ValueError(f"{where}: {name!r} is not a plain file name in this folder (no folders, '..' or "
+                         "drive letters); name a file beside this one")
+    return name
+
+
+def load_yaml(text: str, where: str, error: type[SteelsegError] = DataError) -> Any:
+    """Parse YAML that steelseg reads (run configs, ``--set`` values), refusing anchors and aliases:
+    configs never need them, and nested aliases under 1 KB expand to gigabytes once the config is
+    written back (a "billion laughs"). ``where`` names the file (or flag) in the error."""
+    import yaml
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            anchor = getattr(event, "anchor", None)
+            if isinstance(event, yaml.AliasEvent) or anchor:
+                raise error(f"{where}:{event.start_mark.line + 1}: YAML anchor or alias ({'*' if isinstance(event, yaml.AliasEvent) else '&'}{anchor}); "
+                            "steelseg configs take plain values: write the value out where it is used")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{where}: not valid YAML ({exc})") from None
+
+
 def _finite(values: Any, name: str, lo: float | None = None, hi: float | None = None) -> None:
     for v in values if isinstance(values, (list, tuple)) else [values]:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
@@ -299,6 +327,8 @@ class ModelMeta:
                              "class_names")
         if not self.classes:
             self.classes = list(range(1, len(self.class_names) + 1))
+        if self.weights is not None and "file" in self.weights:
+            check_plain_name(self.weights["file"], "weights.file")
 
     @property
     def task(self) -> str:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
-__all__ = ["CLASS_COLORS", "caption", "color_of", "overlay", "side_by_side"]
+from steelseg.errors import DataError
+
+__all__ = ["CLASS_COLORS", "caption", "color_of", "imwrite", "overlay", "side_by_side", "write_rgb"]
 
 # RGB, colour-blind friendly (Okabe-Ito), one per class in order.
 CLASS_COLORS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (213, 94, 0), (204, 121, 167),
@@ -48,3 +52,22 @@ def caption(image: np.ndarray, text: str) -> np.ndarray:
     cv2.rectangle(image, (0, 0), (w + 8, h + base + 6), (0, 0, 0), -1)
     cv2.putText(image, text, (4, h + 3), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return image
+
+
+def imwrite(path: str | Path, image: np.ndarray, params: tuple[int, ...] | list[int] = ()) -> Path:
+    """OpenCV's ``imwrite`` (BGR or gray), checked: it returns False instead of raising on a full disk or a
+    name the file system refuses, which would leave the file silently missing."""
+    try:
+        ok = cv2.imwrite(str(path), image, list(params))
+    except cv2.error as exc:
+        raise DataError(f"{path}: could not write the image ({str(exc).strip().splitlines()[-1]})") from None
+    if not ok:
+        raise DataError(f"{path}: could not write the image (disk full, no permission, or a name too long for "
+                        "the file system?)")
+    return Path(path)
+
+
+def write_rgb(path: str | Path, rgb: np.ndarray) -> Path:
+    """An RGB uint8 picture as a PNG (or any extension OpenCV writes), checked like :func:`imwrite`."""
+    return imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+

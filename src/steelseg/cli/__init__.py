@@ -8,6 +8,7 @@ start fast without loading torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -57,22 +58,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     debug = args.debug or os.environ.get("STEELSEG_DEBUG") == "1"
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe is answered here, not at interpreter exit
+        return rc
     except SteelsegError as exc:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug: say so briefly, the traceback is one flag away
+    except BrokenPipeError:  # `steelseg info DATA | head`: the reader had enough
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, as a shell tool ended by the closed pipe
+    except Exception as exc:
         if debug:
             raise
+        known = _resource_error(exc)
+        if known:
+            print(f"error: {known}", file=sys.stderr)
+            return 2
+        # a bug: say so briefly, the traceback is one flag away
         print(f"error: unexpected {type(exc).__name__}: {exc}\n(rerun with --debug for the traceback "
               "and report it)", file=sys.stderr)
         return 1
 
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise into the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _resource_error(exc: BaseException) -> str | None:
+    """One line for the machine's limits (a full disk, no memory), which are not bugs: they name the
+    path or the size and what to do."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = exc.filename or "the output folder"
+        return f"{where}: no space left on the device ({exc.strerror}); free some space or write elsewhere"
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return f"{exc.filename}: file name too long for the file system; choose a shorter name or folder"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return (f"out of memory{': ' + first if first else ''}; use smaller batches (data.batch_size, "
+                "--max-batch), smaller images or tiles (--tile), or a machine with more memory")
+    return None
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,14 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steelseg.cli.common import (
-    add_backend_args,
-    add_pipeline_args,
-    add_tile_args,
-    class_names,
-    device,
-    table,
-)
+from steelseg.cli.common import add_backend_args, add_pipeline_args, add_tile_args, class_names, device, table
 from steelseg.errors import SteelsegError
 
 EXPORT_EPILOG = """examples:

@@ -28,7 +28,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from steelseg.reports import runs
 
     if args.compare:
-        a, b = (Path(x) for x in args.compare)
+        a, b = (runs.resolve_run(x, args.root) for x in args.compare)
         diff, metrics = runs.compare(a, b)
         print(f"config: what differs between {a.name} and {b.name}")
         print(table(["key", a.name, b.name], [(k, x, y) for k, x, y in diff] or [("(nothing)", "", "")]))
@@ -73,7 +73,8 @@ def register(sub: Any) -> None:
                                    "runs' configs and their metrics side by side.",
                        epilog="examples:\n  steelseg runs --sort miou --where encoder=resnet18\n"
                               "  steelseg runs runs/ --md docs/neu_table.md --all\n"
-                              "  steelseg runs --compare runs/neu-scratch runs/neu-lite0",
+                              "  steelseg runs --compare runs/neu-scratch runs/neu-lite0\n"
+                              "  steelseg runs --compare neu-scratch neu-lite0      # names under ROOT (runs/)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", nargs="?", default="runs", help="folder holding run folders (default runs/)")
     p.add_argument("--sort", default=None, help="column to sort by, highest first (e.g. miou, dice, minutes)")
@@ -82,5 +83,6 @@ def register(sub: Any) -> None:
     p.add_argument("--all", action="store_true", help="show per-class columns too")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
     p.add_argument("--md", default=None, help="also write the table as Markdown")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two run folders")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="compare two runs: folders, or the names `steelseg runs` prints (under ROOT)")
     p.set_defaults(func=cmd_runs)

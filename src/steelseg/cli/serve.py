@@ -22,9 +22,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who reaches it can use it",
               file=sys.stderr)
+    if args.max_queue < 1 or args.body_timeout <= 0 or args.shutdown_timeout < 0:
+        raise SteelsegError("--max-queue must be >= 1, --body-timeout > 0 and --shutdown-timeout >= 0")
     cfg = ServeConfig(str(args.bundle), args.api_key or os.environ.get("STEELSEG_API_KEY"),
                       str(args.feedback) if args.feedback else None, args.max_batch, args.max_mb * 1024 * 1024,
-                      backend=args.backend, threads=args.threads)
+                      backend=args.backend, threads=args.threads, max_queue=args.max_queue,
+                      body_timeout=args.body_timeout, shutdown_timeout=args.shutdown_timeout)
     print(f"serving {args.bundle} on http://{args.host}:{args.port} (review page /, API docs /docs)", flush=True)
     run(cfg, args.host, args.port, args.workers)
     return 0
@@ -44,10 +47,17 @@ def register(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each loads the bundle once")
-    p.add_argument("--api-key", default=None, help="require this key (X-API-Key header) on /v1/*; "
+    p.add_argument("--api-key", default=None, help="require this key (X-API-Key header) on /v1/* and /metrics; "
                    "or set $STEELSEG_API_KEY")
     p.add_argument("--feedback", type=Path, default=None, help="append reviewed images to this Kaggle-layout folder")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one batch request (default 16)")
-    p.add_argument("--max-mb", type=int, default=32, help="largest request body in MB (default 32)")
+    p.add_argument("--max-mb", type=int, default=32, help="largest image in MB (default 32); a request body may "
+                   "hold --max-batch of them, counted while it streams in")
+    p.add_argument("--max-queue", type=int, default=16, help="requests in flight per worker before new ones get "
+                   "503 with Retry-After (default 16)")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive, "
+                   "then 408 (default 30)")
+    p.add_argument("--shutdown-timeout", type=int, default=10, help="seconds a graceful shutdown (SIGTERM) waits "
+                   "for requests in flight (default 10)")
     add_backend_args(p)
     p.set_defaults(func=cmd_serve)

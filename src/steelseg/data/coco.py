@@ -16,7 +16,7 @@ from steelseg.data.items import build_from_items
 from steelseg.data.registry import Layout
 from steelseg.data.table import DefectDataset, progress_bar
 from steelseg.errors import DataError
-from steelseg.fsutil import atomic_json
+from steelseg.fsutil import atomic_json, confine
 
 __all__ = ["COCO_NAMES", "coco_mask", "detect", "open_coco", "write_coco"]
 
@@ -105,11 +105,7 @@ def open_coco(root: Path, class_names: list[str] | None, progress: bool) -> Defe
     dirs = [base / "images", base, base / "train", base / "valid", base / "test"]
     for key, im in images.items():
         rel = str(im.get("file_name", ""))
-        p = next((d / rel for d in dirs if (d / rel).is_file()), None)
-        if p is None:
-            p = next((d / Path(rel).name for d in dirs if (d / Path(rel).name).is_file()), None)
-        if p is None:
-            raise DataError(f"{path}: image {rel!r} (id {key}) not found under {base} or {base / 'images'}")
+        p = _find_image(path, base, dirs, rel, key)
         image_id = Path(rel).as_posix()
         if image_id in seen:
             raise DataError(f"{path}: two images named {image_id!r}")
@@ -119,7 +115,25 @@ def open_coco(root: Path, class_names: list[str] | None, progress: bool) -> Defe
             raise DataError(f"{path}: image {rel!r} is {w}x{h} but the JSON says {im.get('width')}x{im.get('height')}")
         entries.append((image_id, p, per_image[key]))
     return build_from_items(root if root.is_dir() else path.parent, "coco", names, entries, {}, [], progress,
-                            coco_mask)
+                            coco_mask, confine_to=base)
+
+
+def _find_image(path: Path, base: Path, dirs: list[Path], rel: str, key: Any) -> Path:
+    """The file of one ``images`` entry, looked for under the dataset folder only: a ``file_name`` that is
+    absolute, climbs out with ``..`` or resolves (through links) outside ``base`` is refused by entry."""
+    where = f"{path}: images entry id {key} (file_name {rel!r})"
+    if Path(rel).is_absolute() or ".." in Path(rel).parts or "\\" in rel:
+        raise DataError(f"{where}: not a relative path inside the dataset folder {base}; file_name must name "
+                        "an image under it (as images/x.jpg or x.jpg)")
+    p = next((d / rel for d in dirs if (d / rel).is_file()), None)
+    if p is None:
+        p = next((d / Path(rel).name for d in dirs if (d / Path(rel).name).is_file()), None)
+    if p is None:
+        raise DataError(f"{path}: image {rel!r} (id {key}) not found under {base} or {base / 'images'}")
+    try:
+        return confine(p, base, "image")
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from None
 
 
 

@@ -12,7 +12,10 @@ fed pixels prepared differently from those it learnt on. NumPy and Pillow only (
 * :func:`to_input` turns a list of same-size arrays into the normalised NCHW float32 batch that a
   model's ``input`` section (:class:`InputSpec`) asks for.
 
-Pixel order is kept as stored (EXIF rotation is not applied): masks are aligned to stored pixels.
+* EXIF orientation is applied, to images and masks alike (as labelling tools and ultralytics do):
+  a photo is read as it is shown, where its mask was drawn, and :func:`image_size` gives that size.
+* Only JPEG, PNG, BMP and TIFF are read (the extensions :func:`list_images` takes), and one frame:
+  a multi-page TIFF or an animated image is refused, never reduced to its first frame.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from steelseg.errors import DataError
 from steelseg.schema import InputSpec
 
 __all__ = [
+    "FORMATS",
     "IMAGE_EXTS",
     "InputSpec",
     "image_size",
     "list_images",
     "max_pixels",
     "normalize",
+    "open_upright",
     "read_image",
     "to_channels",
     "to_input",
@@ -42,6 +47,7 @@ __all__ = [
 ]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+FORMATS = ("JPEG", "PNG", "BMP", "TIFF")  # what Pillow calls the formats of IMAGE_EXTS
 MAX_PIXELS_ENV = "STEELSEG_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 40_000_000  # about 100x a Severstal strip; bounds decoding memory
 
@@ -83,13 +89,40 @@ def _open(src: ImageSource, name: str | None = None) -> Any:
             raise DataError(f"{label}: empty file (0 bytes)")
         fp = path
     try:
-        return Image.open(fp)
+        im = Image.open(fp)
     except UnidentifiedImageError:
         raise DataError(f"{label}: not a readable image (unknown or corrupt format)") from None
     except Image.DecompressionBombError as exc:
         raise DataError(f"{label}: refused as a decompression bomb ({exc})") from None
     except OSError as exc:
         raise DataError(f"{label}: unreadable image ({exc})") from None
+    if im.format not in FORMATS:
+        im.close()
+        raise DataError(f"{label}: {im.format or 'unknown'} image; steelseg reads {', '.join(FORMATS)} "
+                        f"(the files {', '.join(IMAGE_EXTS)}): convert it to PNG")
+    if getattr(im, "n_frames", 1) > 1:
+        frames = im.n_frames
+        im.close()
+        raise DataError(f"{label}: {frames} frames (a multi-page or animated image); steelseg reads one "
+                        "image per file: save each frame as its own file")
+    return im
+
+
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+def _orientation(im: Any) -> int:
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a damaged EXIF block: the pixels as stored
+        return 1
+
+
+def _shown_size(im: Any) -> tuple[int, int]:
+    """(W, H) as the image is shown, after its EXIF orientation."""
+    w, h = im.size
+    return (h, w) if _orientation(im) in _TRANSPOSED else (w, h)
 
 
 def _check_size(w: int, h: int, label: str, limit: int | None) -> None:
@@ -106,7 +139,7 @@ def _check_size(w: int, h: int, label: str, limit: int | None) -> None:
 def image_size(src: ImageSource, name: str | None = None, limit: int | None = None) -> tuple[int, int]:
     """(H, W) from the header alone, without decoding the pixels; refuses images over the limit."""
     with _open(src, name) as im:
-        w, h = im.size
+        w, h = _shown_size(im)
     _check_size(w, h, _name(src, name), limit)
     return h, w
 
@@ -163,11 +196,13 @@ def read_image(src: ImageSource, channels: int | None = 1, name: str | None = No
     """Read a path or raw bytes as uint8: (H, W) for ``channels=1``, (H, W, 3) for 3, or as stored
     (gray or RGB) for ``None``. Raises DataError naming the file for every bad input."""
     label = _name(src, name)
-    with _open(src, name) as im:
-        w, h = im.size
+    with _open(src, name) as opened:
+        w, h = opened.size
         _check_size(w, h, label, limit)
+        im = opened
         try:
-            im.load()
+            opened.load()
+            im = _upright(opened)
             if im.mode in ("L", "RGB"):
                 arr = np.asarray(im)
             elif im.mode.startswith(("I", "F")):  # 16-bit and 32-bit gray: scaled, never clipped
@@ -183,6 +218,23 @@ def read_image(src: ImageSource, channels: int | None = 1, name: str | None = No
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     return arr if channels is None else to_channels(arr, channels, label)
+
+
+def _upright(im: Any) -> Any:
+    """The image as shown: its EXIF orientation applied (Pillow's ``exif_transpose``), or itself."""
+    if _orientation(im) == 1:
+        return im
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im)
+
+
+def open_upright(src: ImageSource, name: str | None = None) -> Any:
+    """A decoded Pillow image as shown (EXIF orientation applied), for readers that need the raw mode
+    (index masks); the same rules as :func:`read_image`."""
+    with _open(src, name) as im:
+        im.load()
+        return _upright(im).copy()
 
 
 def _palette_is_gray(im: Any) -> bool:

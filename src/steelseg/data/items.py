@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from steelseg.data.images import image_size, read_image
-from steelseg.data.table import DefectDataset, build_table, progress_bar
+from steelseg.data.images import read_image
+from steelseg.data.table import DefectDataset, build_table, image_row, progress_bar
 from steelseg.errors import DataError
+from steelseg.fsutil import confine
 
 __all__ = ["Decoder", "ItemMasks", "build_from_items", "read_binary_mask", "read_mask_file"]
 
@@ -67,15 +68,19 @@ class ItemMasks:
 
 def build_from_items(root: Path, layout: str, class_names: list[str], entries: list[tuple[str, Path, list[Item]]],
                      splits: dict[str, list[str]], skipped: list[str], progress: bool,
-                     decode: Decoder = read_mask_file) -> DefectDataset:
-    """Sample table from (image id, image path, mask items), decoding every mask once for the areas."""
+                     decode: Decoder = read_mask_file, confine_to: Path | None = None) -> DefectDataset:
+    """Sample table from (image id, image path, mask items), decoding every mask once for the areas.
+    Images and mask files must lie inside ``confine_to`` (default ``root``)."""
     k = len(class_names)
+    base = confine_to or root
     rows, areas, items = [], np.zeros((len(entries), k), np.int64), {}
     for i, (image_id, path, its) in enumerate(progress_bar(entries, len(entries), "reading masks", progress)):
-        h, w = image_size(path)
-        for c, m in _union(its, decode, (h, w)).items():
+        rows.append(image_row(image_id, path, base))
+        for _, src, where in its:
+            if isinstance(src, Path):  # a mask file (COCO segmentations are inline)
+                confine(src, base, "mask")
+        for c, m in _union(its, decode, (rows[-1]["height"], rows[-1]["width"])).items():
             areas[i, c] = int(m.sum())
-        rows.append({"image_id": image_id, "path": str(path), "height": h, "width": w})
         items[image_id] = its
     return DefectDataset(root, layout, class_names, build_table(rows, k, areas), ItemMasks(items, decode),
                          splits, skipped)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from steelseg.data import rle
-from steelseg.data.images import image_size, list_images
+from steelseg.data.images import list_images
 from steelseg.data.registry import Layout, OpenRequest
-from steelseg.data.table import DefectDataset, build_table, progress_bar, read_image_ids
+from steelseg.data.table import DefectDataset, build_table, image_row, progress_bar, read_image_ids
 from steelseg.errors import DataError, RLEError
 from steelseg.fsutil import atomic_text, atomic_write
 
@@ -133,9 +133,8 @@ def open_kaggle(root: Path, csv_path: Path, class_names: list[str] | None, progr
     rles, first_line = _check_rows(csv_path, rows, class_names, images, images_dir)
     table_rows, sizes = [], {}
     for image_id, path in progress_bar(images.items(), len(images), "reading headers", progress):
-        h, w = image_size(path)
-        sizes[image_id] = (h, w)
-        table_rows.append({"image_id": image_id, "path": str(path), "height": h, "width": w})
+        table_rows.append(image_row(image_id, path, root))
+        sizes[image_id] = (table_rows[-1]["height"], table_rows[-1]["width"])
     index = {r["image_id"]: i for i, r in enumerate(table_rows)}
     areas = np.zeros((len(table_rows), num_classes), np.int64)
     for (image_id, class_id), code in rles.items():

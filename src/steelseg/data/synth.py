@@ -24,6 +24,7 @@ import numpy as np
 from steelseg.data import rle
 from steelseg.data.kaggle import write_kaggle_csv
 from steelseg.fsutil import atomic_text
+from steelseg.viz import imwrite
 
 __all__ = ["SynthConfig", "CLASS_NAMES", "make_dataset", "make_image"]
 
@@ -196,7 +197,7 @@ def make_dataset(out: str | Path, cfg: SynthConfig | None = None, progress: bool
         img_rng = np.random.default_rng([cfg.seed, i])
         img, mask = make_image(img_rng, plan[i], cfg.height, cfg.width)
         name = f"synth_{cfg.seed:04d}_{i:05d}.jpg"
-        cv2.imwrite(str(img_dir / name), img, [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])
+        imwrite(img_dir / name, img, [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])
         for c in range(mask.shape[-1]):
             if mask[..., c].any():
                 rows.append((name, c + 1, rle.encode(mask[..., c])))

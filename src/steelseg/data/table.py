@@ -16,10 +16,11 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from steelseg.data.images import read_image
+from steelseg.data.images import image_size, read_image
 from steelseg.errors import DataError
+from steelseg.fsutil import confine
 
-__all__ = ["DefectDataset", "MaskSource", "build_table", "one_hot", "progress_bar", "read_class_names",
+__all__ = ["DefectDataset", "MaskSource", "build_table", "image_row", "one_hot", "progress_bar", "read_class_names",
            "read_image_ids"]
 
 
@@ -54,8 +55,15 @@ def progress_bar(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
     return tqdm(iterable, total=total, desc=desc, unit="img", leave=False)
 
 
+def image_row(image_id: str, path: Path, root: Path) -> dict[str, Any]:
+    """A table row for one image, read from its header; every layout makes its rows here, so no layout
+    reads an image outside ``root`` (:func:`steelseg.fsutil.confine`, links followed)."""
+    h, w = image_size(confine(path, root, "image"))
+    return {"image_id": image_id, "path": str(path), "height": h, "width": w}
+
+
 def build_table(rows: list[dict[str, Any]], num_classes: int, areas: np.ndarray) -> pd.DataFrame:
-    """The sample table from rows of image_id / path / height / width and (N, C) mask areas."""
+    """The sample table from :func:`image_row` rows and (N, C) mask areas."""
     table = pd.DataFrame(rows, columns=["image_id", "path", "height", "width"])
     for c in range(num_classes):
         table[f"area_{c + 1}"] = areas[:, c] if len(rows) else np.zeros(0, np.int64)

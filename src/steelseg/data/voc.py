@@ -12,37 +12,27 @@ from typing import Any
 
 import numpy as np
 
-from steelseg.data.images import image_size, list_images
+from steelseg.data.images import list_images, open_upright
 from steelseg.data.registry import Layout
-from steelseg.data.table import (
-    DefectDataset,
-    build_table,
-    one_hot,
-    progress_bar,
-    read_image_ids,
-)
+from steelseg.data.table import DefectDataset, build_table, image_row, one_hot, progress_bar, read_image_ids
 from steelseg.errors import DataError
-from steelseg.fsutil import atomic_text
+from steelseg.fsutil import atomic_text, confine
 
 __all__ = ["IndexMasks", "detect", "open_masks", "read_label_png", "write_masks"]
 
 
 def read_label_png(path: Path, shape: tuple[int, int] | None, num_classes: int | None) -> np.ndarray:
-    """A single-channel PNG of class indices -> (H, W) labels, checked against the image size and classes."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise DataError(
-                    f"{path}: mask mode {im.mode}; masks must be single-channel PNGs of class "
-                    "indices (0 = background)"
-                )
-            labels = np.asarray(im)
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable mask image") from None
-    except OSError as exc:
-        raise DataError(f"{path}: unreadable or truncated mask ({exc})") from None
+    """A single-channel PNG of class indices -> (H, W) labels, checked against the image size and classes.
+    Read through :func:`steelseg.data.images.open_upright`: the same formats and EXIF rule as images."""
+    with open_upright(path) as im:
+        if im.mode not in ("L", "P", "I", "I;16"):
+            raise DataError(
+                f"{path}: mask mode {im.mode}; masks must be single-channel PNGs of class "
+                "indices (0 = background)"
+            )
+        if im.mode == "P":
+            _check_palette(path, im)
+        labels = np.asarray(im)
     if shape is not None and labels.shape != tuple(shape):
         raise DataError(
             f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} but its image is "
@@ -54,6 +44,30 @@ def read_label_png(path: Path, shape: tuple[int, int] | None, num_classes: int |
             f"1..{num_classes} (0 = background)"
         )
     return labels
+
+
+def _check_palette(path: Path, im: Any) -> None:
+    """A palette PNG's indices are class ids only when entry 0 (the background) is black, as in VOC; an
+    editor that re-indexed its palette (adaptive palettes) would make the background a class."""
+    pal = im.getpalette() or [0, 0, 0]
+    if tuple(pal[:3]) != (0, 0, 0):
+        raise DataError(f"{path}: palette entry 0 is RGB{tuple(pal[:3])}, not black: this PNG's indices are "
+                        "not class ids (an editor re-indexed its palette). Save the mask as 8-bit gray class "
+                        "indices (0 = background), or use the folders layout for binary masks")
+
+
+def _names_from_ids(mask_dir: Path, seen: np.ndarray) -> list[str]:
+    """class1..classN from the ids the masks hold (0 = background); refused when the ids are sparse, as in
+    binary 0/255 masks (255 classes) or colour masks saved as gray (dozens of scattered values)."""
+    ids = [int(v) for v in seen if v > 0]
+    n = max(ids, default=1)
+    if ids and n > 2 * len(ids):
+        shown = ", ".join(map(str, ids[:8])) + (" ..." if len(ids) > 8 else "")
+        raise DataError(f"{mask_dir}: masks hold the values {shown}: read as class ids that would be {n} classes "
+                        f"of which {len(ids)} appear. Binary (0/255) or colour masks are not index masks: name "
+                        "the classes with --class-names (ids 1..N), save masks as class indices, or use the "
+                        "folders layout (one folder per class, binary masks)")
+    return [f"class{c}" for c in range(1, n + 1)]
 
 
 @dataclass
@@ -124,18 +138,16 @@ def open_masks(root: Path, class_names: list[str] | None, progress: bool,
     num_classes = len(class_names) if class_names else None
     table_rows, hists = [], []
     for stem, path in progress_bar(images.items(), len(images), "reading masks", progress):
-        h, w = image_size(path)
-        labels = read_label_png(masks[stem], (h, w), num_classes)
+        row = image_row(stem, path, root)
+        labels = read_label_png(confine(masks[stem], root, "mask"), (row["height"], row["width"]), num_classes)
         if mask_visitor is not None:
             mask_visitor(stem, labels)
         hists.append(np.bincount(labels.ravel().astype(np.int64), minlength=256))
-        table_rows.append({"image_id": stem, "path": str(path), "height": h, "width": w})
+        table_rows.append(row)
     width = max((len(h) for h in hists), default=256)  # 16-bit masks may hold class ids above 255
     hist = np.stack([np.pad(h, (0, width - len(h))) for h in hists]) if hists else np.zeros((0, 256), np.int64)
     if class_names is None:
-        seen = np.flatnonzero(hist.sum(0))
-        n = int(seen.max()) if seen.size else 1
-        class_names = [f"class{c}" for c in range(1, max(n, 1) + 1)]
+        class_names = _names_from_ids(mask_dir, np.flatnonzero(hist.sum(0)))
     areas = hist[:, 1 : len(class_names) + 1]
     return DefectDataset(root, "masks", list(class_names), build_table(table_rows, len(class_names), areas),
                          IndexMasks({k: masks[k] for k in images}), _read_splits(root, images))

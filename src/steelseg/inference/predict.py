@@ -38,14 +38,12 @@ def _image_ids(images: Sequence[Path], root: Path) -> list[str]:
 
 def _write_overlay(folder: Path, image_id: str, path: Path, masks: np.ndarray, true: np.ndarray | None) -> None:
     """The prediction drawn on its image (beside the ground truth when labelled), as a PNG in ``folder``."""
-    import cv2
-
     img = read_image(path, None)
     pic = viz.caption(viz.overlay(img, masks), f"{image_id}: prediction")
     if true is not None:
         pic = viz.side_by_side(pic, viz.caption(viz.overlay(img, true), "ground truth"))
     dst = folder / (image_id.replace("/", "__") + ".png")  # the full name: a.jpg and a.png differ
-    cv2.imwrite(str(dst), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
+    viz.write_rgb(dst, pic)
 
 
 def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, overlays: bool = False,

@@ -16,13 +16,7 @@ from steelseg.data.images import InputSpec, read_image, to_input
 from steelseg.errors import DataError
 from steelseg.inference import postprocess
 from steelseg.inference.backends import Runner, load_runner
-from steelseg.inference.bundle import (
-    BUNDLE_JSON,
-    bundle_backend,
-    bundle_model_dirs,
-    read_bundle,
-    resolve_model_dir,
-)
+from steelseg.inference.bundle import BUNDLE_JSON, bundle_backend, bundle_model_dirs, read_bundle, resolve_model_dir
 from steelseg.inference.tiles import tile_grid
 from steelseg.models.checkpoint import read_model_json
 

@@ -182,7 +182,7 @@ def _gallery_html(ds: DefectDataset, img_dir: Path, gallery_ids: dict[int, list[
             if pic.shape[1] > 800:
                 pic = cv2.resize(pic, (800, round(pic.shape[0] * 800 / pic.shape[1])), interpolation=cv2.INTER_AREA)
             fname = f"gallery_{'free' if c < 0 else c + 1}_{i}.png"
-            cv2.imwrite(str(img_dir / fname), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
+            viz.write_rgb(img_dir / fname, pic)
             cells.append(f'<figure><img src="img/{fname}" alt="{html.escape(ds.table.iloc[i]["image_id"])}">'
                          f'<figcaption>{html.escape(ds.table.iloc[i]["image_id"])}</figcaption></figure>')
         out.append(f"<h3>{html.escape(title)}</h3>" + ("".join(cells) or "<p>none</p>"))

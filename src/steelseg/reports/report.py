@@ -18,10 +18,7 @@ import numpy as np
 
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, atomic_text, check_writable_dir
-from steelseg.reports.figures import (  # one way to save a figure, shared with the EDA report
-    pyplot,
-    save_figure,
-)
+from steelseg.reports.figures import pyplot, save_figure  # one way to save a figure, shared with the EDA report
 
 __all__ = ["write_report"]
 
@@ -99,7 +96,6 @@ def _search(eval_dir: Path, names: list[str], img: Path) -> tuple[str | None, li
 
 def _worst(run: Path, eval_dir: Path, img: Path, count: int) -> list[tuple[str, str, float]]:
     """The ``count`` validation images with the lowest mean Dice: prediction above truth."""
-    import cv2
 
     from steelseg import viz
     from steelseg.data.open import open_dataset
@@ -119,7 +115,7 @@ def _worst(run: Path, eval_dir: Path, img: Path, count: int) -> list[tuple[str, 
         pic = viz.side_by_side(viz.caption(viz.overlay(image, pred.masks), f"{image_id}: prediction"),
                                viz.caption(viz.overlay(image, truth), f"truth (Dice {float(r['dice_mean']):.3f})"))
         name = f"worst_{i}.png"
-        cv2.imwrite(str(img / name), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
+        viz.write_rgb(img / name, pic)
         out.append((name, image_id, float(r["dice_mean"])))
     return out
 

@@ -13,9 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from steelseg.errors import DataError
+from steelseg.schema import load_yaml
 
 __all__ = ["COLUMNS", "compare", "find_runs", "read_metrics", "read_run_config", "run_row", "to_markdown"]
 
@@ -36,7 +35,7 @@ def read_run_config(run: Path) -> dict[str, Any]:
     path = run / "config.yaml"
     if not path.is_file():
         raise DataError(f"{run}: not a run folder (no config.yaml)")
-    return yaml.safe_load(path.read_text()) or {}
+    return load_yaml(path.read_text(), str(path)) or {}
 
 
 def _num(v: Any) -> float | None:
@@ -101,6 +100,23 @@ def find_runs(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"{root}: no such folder of runs")
     return sorted(p.parent for p in root.glob("*/config.yaml"))
+
+
+def resolve_run(name: str | Path, root: str | Path) -> Path:
+    """A run folder given as a path, or by the name ``steelseg runs`` prints (a folder under ``root``);
+    an unknown name is refused with the closest names under ``root``."""
+    path = Path(name)
+    if (path / "config.yaml").is_file():
+        return path
+    under = Path(root) / name
+    if (under / "config.yaml").is_file():
+        return under
+    import difflib
+
+    names = [p.name for p in find_runs(root)] if Path(root).is_dir() else []
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else (f" Runs there: {', '.join(names[:8])}" if names else "")
+    raise DataError(f"{name}: not a run folder, nor a run under {root}.{hint}")
 
 
 def filter_sort(rows: list[dict[str, Any]], where: list[str] | None, sort: str | None,

@@ -1,7 +1,7 @@
 """The inference service: a FastAPI app over one ``Predictor`` per worker, a review page, and a
 feedback loop into a Kaggle-layout training folder.
 
-Routes (``/v1/*`` and feedback need the API key when one is set):
+Routes (``/v1/*``, feedback and ``/metrics`` need the API key when one is set):
 
 * ``POST /v1/predict``: one image (multipart field ``file``, or the raw image as the body) -> per
   class its name, presence, classifier score, area, component boxes and Kaggle RLE mask.
@@ -10,7 +10,9 @@ Routes (``/v1/*`` and feedback need the API key when one is set):
   appended to the feedback folder (``train_images/`` + ``train.csv``).
 * ``GET /health``, ``/ready``, ``/v1/model``, ``/metrics`` (Prometheus), ``/docs`` (OpenAPI), ``/``.
 
-Every bad request is a 4xx JSON ``{"error": ...}``; a failed request leaves the worker healthy.
+Every bad request is a 4xx JSON ``{"error": ...}``; a failed request leaves the worker healthy. Bodies
+are bounded while they stream in, a stalled upload times out, and past ``max_queue`` requests in flight
+new ones get 503 with ``Retry-After`` (:mod:`steelseg.serve.guard`).
 Clients never pass file-system paths; bundles load without pickle (safetensors or ONNX).
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from steelseg.inference.bundle import read_bundle
+from steelseg.serve.guard import Guard, GuardLimits
 from steelseg.serve.routes import (
     add_error_handlers,
     add_feedback_route,
@@ -47,6 +50,7 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
     add_predict_routes(app, svc, cfg)
     add_feedback_route(app, svc)
     add_info_routes(app, svc, cfg)
+    app.add_middleware(Guard, limits=GuardLimits(cfg.body_limit, cfg.body_timeout, cfg.max_queue))  # outermost
     return app
 
 
@@ -57,4 +61,4 @@ def run(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: in
     read_bundle(cfg.bundle)  # fail here, with a clear message, rather than in every worker
     os.environ["STEELSEG_SERVE_CONFIG"] = json.dumps(cfg.__dict__)
     uvicorn.run("steelseg.serve.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info")
+                log_level="info", timeout_graceful_shutdown=cfg.shutdown_timeout)

@@ -13,8 +13,10 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from steelseg.errors import DataError
+from steelseg.serve.guard import REFUSED
 from steelseg.serve.service import ApiError, ServeConfig, Service
 
 __all__ = ["ROUTES", "add_error_handlers", "add_feedback_route", "add_info_routes", "add_middleware",
@@ -42,6 +44,13 @@ def add_error_handlers(app: FastAPI) -> None:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # the client left, or the guard refused the body and answered itself (413 / 408): this response is
+        # not sent, but the metrics count the status the client got
+        status = request.scope.get("state", {}).get(REFUSED, 499)
+        return JSONResponse({"error": "the client closed the request"}, status_code=status)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -65,7 +74,7 @@ def add_middleware(app: FastAPI, svc: Service, cfg: ServeConfig) -> None:
     async def _observe(request: Request, call_next: Any) -> Any:
         t0 = time.perf_counter()
         route = request.url.path if request.url.path in ROUTES else "other"
-        if route.startswith("/v1/") and cfg.api_key:
+        if (route.startswith("/v1/") or route == "/metrics") and cfg.api_key:  # metrics count defects per class
             given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
                 "Bearer ").strip()
             if not given or not _same(given, cfg.api_key):
@@ -82,10 +91,7 @@ def add_middleware(app: FastAPI, svc: Service, cfg: ServeConfig) -> None:
 
 
 async def _one_image(request: Request, cfg: ServeConfig) -> tuple[bytes, str]:
-    ctype = _content_type(request)
-    length = int(request.headers.get("content-length") or 0)
-    if length > cfg.max_bytes:
-        raise ApiError(413, f"request of {length} bytes, above the limit of {cfg.max_bytes}")
+    ctype = _content_type(request)  # the body's size is bounded by the guard (steelseg.serve.guard)
     if ctype == "multipart/form-data":
         form = await request.form()
         upload = form.get("file")

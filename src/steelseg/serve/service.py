@@ -22,6 +22,8 @@ from steelseg.inference.predictor import Prediction, Predictor
 
 __all__ = ["ApiError", "ServeConfig", "Service"]
 
+MULTIPART_ROOM = 1024 * 1024  # multipart headers, boundaries and small fields (verdicts JSON) per request
+
 @dataclass
 class ServeConfig:
     bundle: str
@@ -32,6 +34,14 @@ class ServeConfig:
     max_pixels: int = field(default_factory=max_pixels)
     backend: str | None = None
     threads: int | None = None
+    max_queue: int = 16  # requests in flight per worker before new ones get 503 + Retry-After
+    body_timeout: float = 30.0  # seconds a request body may take to arrive (then 408)
+    shutdown_timeout: int = 10  # seconds a graceful shutdown waits for requests in flight
+
+    def body_limit(self, path: str) -> int:
+        """The largest request body a POST route takes: its images plus room for the multipart framing."""
+        images = self.max_batch if path == "/v1/predict/batch" else 1
+        return images * self.max_bytes + MULTIPART_ROOM
 
     @classmethod
     def from_env(cls) -> ServeConfig:

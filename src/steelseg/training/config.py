@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from steelseg.errors import ConfigError
-from steelseg.schema import FREEZE_STRIDES, SEGMENTER_KWARGS, build, check_model_kwargs
+from steelseg.schema import FREEZE_STRIDES, SEGMENTER_KWARGS, build, check_model_kwargs, load_yaml
 
 __all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrackConfig", "TrainConfig", "load_config"]
 
@@ -84,6 +84,7 @@ class TrainConfig:
     ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.998), null = off;
     # validation, best.safetensors and last.safetensors then use the averaged weights
     checkpoint_every: int = 50  # also save the resume checkpoint every N steps (survives kill -9)
+    allow_no_defects: bool = False  # train even when no image of the dataset holds a defect (refused by default)
     accelerator: str = "auto"
     devices: str = "auto"  # "auto", a count or a list, passed to Lightning
     strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp ...
@@ -150,7 +151,7 @@ def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {k} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    node[keys[-1]] = load_yaml(raw, f"--set {dotted}", ConfigError) if raw != "" else None
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -262,10 +263,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        tree = load_yaml(path.read_text(), str(path), ConfigError) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     for item in overrides or []:

@@ -15,12 +15,7 @@ from torch import nn
 
 from steelseg import metrics
 from steelseg.errors import TrainingError
-from steelseg.models.factory import (
-    create_classifier,
-    create_segmenter,
-    depthwise_in_fp32,
-    freeze_to_stride,
-)
+from steelseg.models.factory import create_classifier, create_segmenter, depthwise_in_fp32, freeze_to_stride
 from steelseg.models.losses import build_loss
 from steelseg.training.config import RunConfig
 

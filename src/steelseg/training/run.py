@@ -25,11 +25,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from steelseg import __version__
 from steelseg.data.open import open_dataset
 from steelseg.data.table import DefectDataset
-from steelseg.errors import ConfigError, DataError
+from steelseg.errors import ConfigError, DataError, TrainingStopped
 from steelseg.fsutil import atomic_json
 from steelseg.machine import cpu_has_bf16, cpu_model
 from steelseg.models.pretrained import describe
@@ -82,6 +83,48 @@ def _new_run_dir(cfg: RunConfig) -> Path:
     if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
         raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another name")
     return run_dir
+
+
+CLAIM = ".steelseg-train.lock"  # in a run folder while a process trains in it
+RANK_VARS = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")  # set (not 0) in every DDP process but the first
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def claim_run_dir(run_dir: Path) -> Path | None:
+    """Claim ``run_dir`` for this process before any work, atomically (``O_EXCL``): a second ``steelseg
+    train`` with the same name is refused while the first is alive, instead of sharing the folder. A
+    claim left by a process that died is taken over. DDP processes other than the first (Lightning's
+    workers, other nodes, SLURM tasks) use its folder and claim nothing (None)."""
+    if any(os.environ.get(k, "0") != "0" for k in RANK_VARS):
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / CLAIM
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pid = None
+            if pid is not None and pid != os.getpid() and _pid_alive(pid):
+                raise ConfigError(f"{run_dir}: another steelseg train (process {pid}) is training in this run "
+                                  "folder; wait for it to end, or give this run another --name") from None
+            lock.unlink(missing_ok=True)  # a claim left by a run that died
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return lock
+    raise ConfigError(f"{run_dir}: could not claim the run folder ({lock} keeps reappearing); give another --name")
 
 
 def _model_meta(cfg: RunConfig, ds: DefectDataset, split_how: str) -> ModelMeta:
@@ -169,6 +212,7 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any], loggers: list[
         max_time=None if t.max_minutes is None else {"minutes": t.max_minutes}, limit_val_batches=t.limit_val_batches,
         callbacks=callbacks, logger=loggers or False, enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
+        enable_checkpointing=False,  # ResumeCheckpoint writes checkpoints/last.ckpt; no second, hidden copy
         log_every_n_steps=max(1, min(10, _batches(train_batches, t.limit_train_batches))),
     )
 
@@ -188,7 +232,22 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     is_worker = bool(os.environ.get(RUN_DIR_ENV)) and os.environ.get("LOCAL_RANK", "0") != "0"
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     ds = open_dataset(cfg.data.path, cfg.data.class_names, layout=cfg.data.layout)  # bad data fails before a run folder exists
+    if not cfg.train.allow_no_defects and len(ds.table) and not ds.presence().any():
+        raise DataError(f"{cfg.data.path}: none of its {len(ds.table)} images holds a defect (every mask is "
+                        "empty): a model trained on it learns to predict nothing. Check the labels (--layout, "
+                        "--class-names, the masks' pixel values), or --set train.allow_no_defects=true to "
+                        "train anyway")
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers re-run this command and read it
+    claim = claim_run_dir(run_dir)
+    try:
+        return _train(cfg, run_dir, ckpt, resume, ds, is_worker, progress, extra)
+    finally:
+        if claim is not None:
+            claim.unlink(missing_ok=True)
+
+
+def _train(cfg: RunConfig, run_dir: Path, ckpt: Path, resume: str | Path | None, ds: DefectDataset,
+           is_worker: bool, progress: bool | None, extra: list[Callback]) -> RunResult:
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
     train_ids, val_ids, how = resolve_split(cfg, ds, None if is_worker else run_dir)
     if not train_ids or not val_ids:
@@ -208,7 +267,13 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     if loggers and trainer.is_global_zero:
         record_run(loggers, cfg, run_dir)
     # weights_only=True always: a tampered last.ckpt cannot run code, whatever the environment says.
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if resume else None, weights_only=True)
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if resume else None, weights_only=True)
+    except SIGTERMException:  # Lightning's is a SystemExit without a code: a scheduler would read success
+        raise TrainingStopped(f"training stopped by SIGTERM at epoch {trainer.current_epoch + 1}, step "
+                              f"{trainer.global_step}; {run_dir} keeps its last checkpoint (saved every "
+                              f"{cfg.train.checkpoint_every} steps and at each epoch end): resume with "
+                              f"`steelseg train --resume {run_dir}`") from None
     recorder: RunRecorder = callbacks[0]
     if trainer.is_global_zero:
         log_artifacts(loggers, run_dir)
