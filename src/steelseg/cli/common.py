@@ -18,14 +18,17 @@ def class_names(value: str | None) -> list[str] | None:
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", type=Path, help="dataset folder in any layout: kaggle (train.csv + train_images/), "
                    "masks (JPEGImages/ + SegmentationClass/), folders (one folder per class, masks beside "
-                   "the images), mvtec (train/good, test/<defect>, ground_truth/), coco (a COCO JSON)")
+                   "the images), groups (one folder per part or coil, one class, empty mask = defect-free), "
+                   "mvtec (train/good, test/<defect>, ground_truth/), coco (a COCO JSON)")
     p.add_argument("--class-names", type=str, default=None,
                    help="comma-separated class names (default: classes.txt, the class folders or COCO "
-                        "categories, else class1..classC)")
-    p.add_argument("--layout", default=None, choices=["kaggle", "masks", "folders", "mvtec", "coco"],
-                   help="force the layout when detection is ambiguous")
-    p.add_argument("--free-dirs", default=None, help="folders layout: comma-separated names of the "
-                   "defect-free folders (default: good, ok, free, normal, defect_free, clean, ...)")
+                        "categories, 'defect' for group folders, else class1..classC)")
+    p.add_argument("--layout", default=None, choices=["kaggle", "masks", "folders", "groups", "mvtec", "coco"],
+                   help="force the layout when detection is ambiguous (folders or groups: when the masks do "
+                        "not tell class folders from group folders)")
+    p.add_argument("--free-dirs", default=None, help="folders layout: comma-separated names or glob patterns of "
+                   "the defect-free folders (default: good, ok, ok_*, *_ok, free, *_free, normal, defect_free, "
+                   "clean, no_defect*, ...)")
 
 
 def open_data(args: argparse.Namespace, progress: bool = False) -> Any:

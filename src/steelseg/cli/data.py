@@ -28,7 +28,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(s, indent=2))
         return 0
     print(f"dataset     {s['root']} ({s['layout']} layout)")
+    print(f"why         {s['reason']}")
     print(f"images      {s['images']}")
+    print(f"classes     {len(s['classes'])}")
+    if s["groups"] is not None:
+        print(f"groups      {s['groups']} (splits and folds keep each group whole)")
     print(f"defect-free {s['defect_free']} ({100 * s['defect_free_share']:.1f}%)")
     sizes = s["image_sizes"]
     if len(sizes) > 4:
@@ -59,17 +63,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_folds(args: argparse.Namespace) -> int:
-    from steelseg.data.folds import make_folds, write_folds
+    from steelseg.data.folds import image_groups, make_folds, write_folds
 
     ds = open_data(args)
-    folds = make_folds(ds, k=args.k, seed=args.seed)
+    groups = image_groups(ds, args.group_by)
+    folds = make_folds(ds, k=args.k, seed=args.seed, groups=groups)
     out = write_folds(folds, args.out or Path(args.data) / "folds.csv")
     pres = ds.presence()
     rows = []
     for f in range(args.k):
         sel = (folds["fold"] == f).to_numpy()
-        rows.append([f, int(sel.sum()), int((~pres[sel].any(1)).sum())] + [int(v) for v in pres[sel].sum(0)])
-    print(table(["fold", "images", "defect-free"] + ds.class_names, rows))
+        row = [f, int(sel.sum()), int((~pres[sel].any(1)).sum())] + [int(v) for v in pres[sel].sum(0)]
+        rows.append(row + ([folds.loc[sel, "group"].nunique()] if groups is not None else []))
+    print(table(["fold", "images", "defect-free"] + ds.class_names + (["groups"] if groups is not None else []), rows))
+    if groups is not None:
+        print(f"\ngrouped: each of the {len(set(groups))} groups lies in one fold")
     print(f"\nwrote {out}")
     return 0
 
@@ -117,11 +125,14 @@ def register(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("folds", help="write stratified multi-label K-fold assignments",
-                       description="Assign each image a fold, stratified on per-class presence with "
-                                   "defect-free as its own label; writes image_id,fold CSV.")
+    p = sub.add_parser("folds", help="write stratified multi-label K-fold assignments (grouped where images come in "
+                       "groups)", description="Assign each image a fold, stratified on per-class presence with "
+                       "defect-free as its own label; writes an image_id,fold CSV. Images in groups (group folders, "
+                       "or --group-by folder) are kept whole: no group in two folds (a group column is added).")
     add_data_args(p)
     p.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--group-by", default=None, choices=["folder", "none"], help="keep groups whole: folder = the "
+                   "first folder of each image id; none = no groups (default: the layout's groups, if any)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default DATA/folds.csv)")
     p.set_defaults(func=cmd_folds)

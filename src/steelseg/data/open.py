@@ -21,8 +21,8 @@ from steelseg.errors import DataError
 __all__ = ["LAYOUTS", "detect_layouts", "open_dataset"]
 
 # the registry: name -> layout, in the order the messages list them
-LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (kaggle.LAYOUT, voc.LAYOUT, folders.LAYOUT, mvtec.LAYOUT,
-                                                         coco.LAYOUT)}
+LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (kaggle.LAYOUT, voc.LAYOUT, folders.LAYOUT, folders.GROUPS,
+                                                         mvtec.LAYOUT, coco.LAYOUT)}
 
 
 def detect_layouts(req: OpenRequest) -> list[str]:
@@ -36,13 +36,13 @@ def detect_layouts(req: OpenRequest) -> list[str]:
 
 def _request(p: Path, class_names: Sequence[str] | None, progress: bool,
              mask_visitor: Callable[[str, np.ndarray], None] | None,
-             free_dirs: Sequence[str] | None) -> OpenRequest:
+             free_dirs: Sequence[str] | None, layout: str | None) -> OpenRequest:
     if p.is_file() and p.suffix.lower() == ".csv":
         root, csv_path = p.parent, p
     else:
         root, csv_path = p, p / "train.csv"
     names = list(class_names) if class_names else read_class_names(root if root.is_dir() else root.parent)
-    return OpenRequest(root, csv_path, names, progress, mask_visitor, free_dirs)
+    return OpenRequest(root, csv_path, names, progress, mask_visitor, free_dirs, layout)
 
 
 def open_dataset(path: str | Path, class_names: Sequence[str] | None = None,
@@ -52,14 +52,15 @@ def open_dataset(path: str | Path, class_names: Sequence[str] | None = None,
     """Open a dataset in any supported layout, detected from what is on disk (or ``layout``).
 
     Layouts: ``kaggle`` (train.csv + train_images/), ``masks`` (VOC-style), ``folders`` (class
-    folders), ``mvtec``, ``coco``. ``path`` is the dataset folder (or a Kaggle CSV, or a COCO JSON). In
+    folders) or ``groups`` (group folders, told apart from class folders by the masks), ``mvtec``,
+    ``coco``. ``path`` is the dataset folder (or a Kaggle CSV, or a COCO JSON). In
     the mask-folder layout every mask is decoded once to count areas; ``mask_visitor(image_id, labels)``
     sees each label map then, so callers that need more mask statistics (EDA) need no second decode.
     """
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: dataset path does not exist")
-    req = _request(p, class_names, progress, mask_visitor, free_dirs)
+    req = _request(p, class_names, progress, mask_visitor, free_dirs, layout)
     if layout is not None and layout not in LAYOUTS:
         raise DataError(f"--layout {layout!r}: not one of {', '.join(LAYOUTS)}")
     found = [layout] if layout else detect_layouts(req)
@@ -69,4 +70,7 @@ def open_dataset(path: str | Path, class_names: Sequence[str] | None = None,
         raise DataError(f"{p}: no dataset found; expected "
                         + ", ".join(lay.describe for lay in list(LAYOUTS.values())[:-1])
                         + f", or {list(LAYOUTS.values())[-1].describe}")
-    return LAYOUTS[found[0]].read(req)
+    ds = LAYOUTS[found[0]].read(req)
+    if not ds.reason:
+        ds.reason = f"--layout {layout}" if layout else f"found {LAYOUTS[found[0]].describe}"
+    return ds

@@ -25,7 +25,8 @@ class OpenRequest:
     class_names: list[str] | None
     progress: bool = False
     mask_visitor: Callable[[str, np.ndarray], None] | None = None  # masks layout: each decoded label map
-    free_dirs: Sequence[str] | None = None  # folders layout: names of the defect-free folders
+    free_dirs: Sequence[str] | None = None  # folders layout: names or glob patterns of the defect-free folders
+    layout: str | None = None  # the layout the user asked for (--layout), or None: detected
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,9 @@ class DefectDataset:
     """A defect dataset: the sample table plus what is needed to load images and masks.
 
     ``table`` has one row per image: ``image_id``, ``path``, ``height``, ``width`` and for each
-    class id c (1-based) ``area_c`` (mask pixels) and ``has_c`` (presence). ``masks`` is the
-    layout's decoder of its rows.
+    class id c (1-based) ``area_c`` (mask pixels) and ``has_c`` (presence); layouts with groups (a
+    physical part, a coil) add ``group``, which splits keep together. ``masks`` is the layout's
+    decoder of its rows.
     """
 
     root: Path
@@ -93,6 +94,7 @@ class DefectDataset:
     masks: MaskSource = field(repr=False)
     splits: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list, repr=False)  # files the reader did not take, by name
+    reason: str = ""  # why this layout was chosen, for `steelseg info`
     _idx: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -102,6 +104,11 @@ class DefectDataset:
     @property
     def image_ids(self) -> list[str]:
         return self.table["image_id"].tolist()
+
+    @property
+    def groups(self) -> list[str] | None:
+        """Each image's group (the ``group`` column), or None when the layout has no groups."""
+        return self.table["group"].astype(str).tolist() if "group" in self.table else None
 
     def presence(self) -> np.ndarray:
         """(N, C) bool matrix of which classes each image holds."""
@@ -164,7 +171,9 @@ class DefectDataset:
         return {
             "root": str(self.root),
             "layout": self.layout,
+            "reason": self.reason,
             "images": int(len(self.table)),
+            "groups": None if self.groups is None else len(set(self.groups)),
             "defect_free": int((~pres.any(axis=1)).sum()),
             "defect_free_share": float((~pres.any(axis=1)).mean()) if len(pres) else 0.0,
             "image_sizes": [f"{w}x{h}" for h, w in sizes],

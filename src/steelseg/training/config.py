@@ -24,8 +24,10 @@ __all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrackConfig", "TrainConfig
 class DataConfig:
     path: str = ""  # dataset folder (Kaggle layout or mask folders)
     class_names: list[str] | None = None  # default: classes.txt in the dataset, else class1..C
-    layout: str | None = None  # kaggle | masks | folders | mvtec | coco; default: detected from the files
+    layout: str | None = None  # kaggle | masks | folders | groups | mvtec | coco; default: detected from the files
     folds: str | None = None  # folds CSV (steelseg folds); with `fold` picks the validation fold
+    group_by: str | None = None  # new folds keep groups whole: null = the layout's groups (group folders),
+    # folder = the first folder of each image id, none = no groups
     fold: int = 0
     train_split: str | None = None  # or the dataset's own split lists (e.g. NEU-Seg train / val)
     val_split: str | None = None
@@ -129,7 +131,7 @@ class RunConfig:
         return out
 
 
-NULLABLE = {("train", "finetune_loss")}  # choices that may also be null (off)
+NULLABLE = {("train", "finetune_loss"), ("data", "group_by")}  # choices that may also be null (off)
 CHOICES = {
     ("model", "task"): ["segment", "classify"],
     ("train", "scheduler"): ["cosine", "onecycle", "none"],
@@ -137,6 +139,7 @@ CHOICES = {
     ("train", "finetune_loss"): ["bce", "dice", "bce_dice", "focal", "lovasz", "bce_lovasz"],
     ("train", "precision"): ["auto", "32", "16-mixed", "bf16-mixed", "32-true"],
     ("track", "wandb_mode"): ["offline", "online", "disabled"],
+    ("data", "group_by"): ["folder", "none"],
 }
 
 

@@ -15,18 +15,19 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from steelseg.data.augment import stream_seed, train_transform
-from steelseg.data.folds import fold_split, make_folds, read_folds, write_folds
+from steelseg.data.folds import fold_split, image_groups, make_folds, read_folds, write_folds
 from steelseg.data.samples import SegmentationSamples
 from steelseg.data.table import DefectDataset
 from steelseg.errors import ConfigError
 from steelseg.machine import available_memory
 from steelseg.training.config import RunConfig
 
-__all__ = ["make_loaders", "resolve_split", "seed_worker"]
+__all__ = ["make_loaders", "resolve_split", "seed_worker", "split_groups"]
 
 
 def resolve_split(cfg: RunConfig, ds: DefectDataset, run_dir: Path | None = None) -> tuple[list[str], list[str], str]:
-    """(train ids, val ids, how): folds file > named splits > the dataset's train/val > new folds."""
+    """(train ids, val ids, how): folds file > named splits > the dataset's train/val > new folds (grouped
+    when the images come in groups, ``data.group_by``)."""
     d = cfg.data
     if d.folds:
         train, val = fold_split(read_folds(d.folds), d.fold)
@@ -38,11 +39,29 @@ def resolve_split(cfg: RunConfig, ds: DefectDataset, run_dir: Path | None = None
             f"splits {d.train_split}/{d.val_split}"
     if "train" in ds.splits and "val" in ds.splits:
         return ds.splits["train"], ds.splits["val"], "the dataset's train/val lists"
-    folds = make_folds(ds, k=5, seed=cfg.train.seed)
+    groups = image_groups(ds, d.group_by)
+    folds = make_folds(ds, k=5, seed=cfg.train.seed, groups=groups)
     if run_dir is not None:
         write_folds(folds, run_dir / "folds.csv")
     train, val = fold_split(folds, d.fold)
-    return train, val, f"fold {d.fold} of 5 new stratified folds (seed {cfg.train.seed})"
+    grouped = f", grouped: {len(set(groups))} groups kept whole" if groups is not None else ""
+    return train, val, f"fold {d.fold} of 5 new stratified folds (seed {cfg.train.seed}{grouped})"
+
+
+def split_groups(ds: DefectDataset, group_by: str | None, train: list[str], val: list[str]) -> dict[str, list[str]] | None:
+    """The groups on each side of a split (for split.json); a group on both sides is named in a warning:
+    its images look alike, so the validation score would be optimistic."""
+    groups = image_groups(ds, group_by)
+    if groups is None:
+        return None
+    of = dict(zip(ds.image_ids, groups))
+    sides = {"train": sorted({of[i] for i in train}), "val": sorted({of[i] for i in val})}
+    both = sorted(set(sides["train"]) & set(sides["val"]))
+    if both:
+        print(f"warning: {len(both)} group(s) have images in both training and validation ({', '.join(both[:5])}"
+              f"{' ...' if len(both) > 5 else ''}): the validation score will be optimistic; make grouped folds "
+              "with `steelseg folds DATA` or set data.group_by", file=sys.stderr)
+    return sides
 
 
 def _balanced_weights(ds: DefectDataset) -> np.ndarray:

@@ -37,7 +37,7 @@ from steelseg.models.pretrained import describe
 from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 from steelseg.training.callbacks import EmaWeights, ResumeCheckpoint, RunRecorder
 from steelseg.training.config import RunConfig, load_config
-from steelseg.training.loaders import make_loaders, resolve_split
+from steelseg.training.loaders import make_loaders, resolve_split, split_groups
 from steelseg.training.module import SteelsegModule, output_names
 from steelseg.training.tracking import log_artifacts, make_loggers, record_run
 
@@ -255,7 +255,11 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: Path, resume: str | Path | None,
     meta = _model_meta(cfg, ds, how)
     if not is_worker and not resume:
         cfg.save(run_dir / "config.yaml")
-        atomic_json(run_dir / "split.json", {"how": how, "train": train_ids, "val": val_ids})
+        split = {"how": how, "train": train_ids, "val": val_ids}
+        groups = split_groups(ds, cfg.data.group_by, train_ids, val_ids)
+        if groups is not None:
+            split["groups"] = groups
+        atomic_json(run_dir / "split.json", split)
     train_loader, val_loader = make_loaders(cfg, ds.subset(train_ids), ds.subset(val_ids))
     module = SteelsegModule(cfg, ds.class_names)
     progress = sys.stderr.isatty() if progress is None else progress
