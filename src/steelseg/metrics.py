@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "DetectionCounts",
+    "average_precision",
+    "detection_counts",
     "DiceAccumulator",
     "DiceReport",
     "confusion_matrix",
@@ -140,3 +143,49 @@ def mean_iou(cm: np.ndarray, ignore_background: bool = True) -> float:
     if ignore_background:
         iou = iou[1:]
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+# ---- image-level detection ------------------------------------------------------------------
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision of image scores against image labels (defective = True): the sum over the
+    distinct score thresholds, highest first, of precision x the recall gained there (as scikit-learn's
+    ``average_precision_score``; tied scores count as one threshold). NaN when no image is defective."""
+    scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels, bool).ravel()
+    positives = int(labels.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last index of each run of tied scores
+    tp = np.cumsum(y)[last]
+    precision = tp / (last + 1)
+    recall_gain = np.diff(np.r_[0, tp]) / positives
+    return float((precision * recall_gain).sum())
+
+
+@dataclass
+class DetectionCounts:
+    """Image-level outcome of one class at an operating point: defective images missed and defect-free
+    images flagged (false alarms), with the counts they are out of."""
+
+    defective: int
+    defect_free: int
+    missed: int
+    false_alarms: int
+
+    @property
+    def recall(self) -> float:
+        return 1.0 - self.missed / self.defective if self.defective else float("nan")
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """For JSON: recall is None (not NaN) where no image is defective."""
+        return {"defective": self.defective, "defect_free": self.defect_free, "missed": self.missed,
+                "false_alarms": self.false_alarms, "recall": self.recall if self.defective else None}
+
+
+def detection_counts(predicted: np.ndarray, true: np.ndarray) -> DetectionCounts:
+    """(N,) predicted and true presence of one class -> :class:`DetectionCounts`."""
+    predicted, true = np.asarray(predicted, bool), np.asarray(true, bool)
+    return DetectionCounts(int(true.sum()), int((~true).sum()), int((true & ~predicted).sum()),
+                           int((~true & predicted).sum()))
+

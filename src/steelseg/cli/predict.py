@@ -26,6 +26,8 @@ def _print_eval(res: dict) -> None:
     print(table(["class", "kaggle dice", "all-empty dice", "IoU"], rows))
     for name, s in (res.get("classifier") or {}).items():
         print(f"classifier {name}: precision {s['precision']:.3f} recall {s['recall']:.3f} (support {s['support']})")
+    if res.get("detection"):
+        print("\n" + detection_table(res["detection"]))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -63,6 +65,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from steelseg.inference.evaluation import evaluate, load_predictions
     from steelseg.inference.tune import tune_min_component, tune_postprocess
 
+    if args.min_recall is not None and not 0 < args.min_recall <= 1:
+        raise SteelsegError(f"--min-recall {args.min_recall}: a share in (0, 1], e.g. 1.0 to miss no defective image")
     refuse_existing(args.out, args.overwrite, "bundle")  # before minutes of prediction, not after
     eval_dir = Path(args.eval_dir or Path(args.runs[0]) / f"eval-{args.split}")
     meta_path = eval_dir / "metrics.json"
@@ -75,20 +79,55 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"reusing saved predictions in {eval_dir}")
     pred = load_predictions(eval_dir)
     pixels = int(np.median(pred["image_pixels"]))
-    report = tune_postprocess(pred["hist_all"], pred["hist_true"], pixels, pred.get("gate"))
+    report = tune_postprocess(pred["hist_all"], pred["hist_true"], pixels, pred.get("gate"),
+                              min_recall=args.min_recall)
     if "probs" in pred and "true" in pred:  # refine with a minimum connected-component size
         report.chosen, report.after = tune_min_component(pred["probs"], pred["true"], report.chosen,
-                                                         pred.get("gate"))
+                                                         pred.get("gate"), min_recall=args.min_recall)
     names = list(json.loads(meta_path.read_text())["dice_per_class"])
     print(report.table(names))
+    detection = _tuned_detection(pred, report.chosen, names)
+    if detection is not None:
+        print("\n" + detection_table(detection))
     extra = {"tuned_on": {"data": str(args.data), "split": args.split, "images": int(len(pred["image_ids"])),
                           "dice_before": report.mean_before, "dice_after": report.mean_after,
-                          "per_class_before": report.before, "per_class_after": report.after}}
+                          "per_class_before": report.before, "per_class_after": report.after,
+                          "min_recall": args.min_recall, "detection": detection}}
     out = write_bundle(args.out, args.runs, args.classifier or [], report.chosen, names, args.tta,
                        extra=extra, overwrite=args.overwrite, tile=args.tile,
                        overlap=128 if args.overlap is None else args.overlap)
     print(f"\nbundle written to {out} (predict with: steelseg predict {out} IMAGES --out DIR)")
     return 0
+
+
+def _tuned_detection(pred: dict, pp: object, names: list[str]) -> dict | None:
+    """Image-level detection at the tuned operating point: from the saved probabilities, or from the
+    histograms where the images differ in size (no component size is tuned then, so they are exact)."""
+    from steelseg.inference.evaluation import detection_scores
+    from steelseg.inference.tune import detected_from_histograms, detected_images
+
+    if "image_score" not in pred:
+        return None
+    if "probs" in pred:
+        found = detected_images(pred["probs"], pp, pred.get("gate"), pred.get("gate_any"))
+    else:
+        found = detected_from_histograms(pred["hist_all"], pp, pred.get("gate"), pred.get("gate_any"))
+    true = pred["hist_true"].sum(axis=2) > 0
+    source = "classifier probability" if "gate" in pred else "segmenter maximum probability"
+    return detection_scores(pred["image_score"], found, true, names, source)
+
+
+def detection_table(det: dict) -> str:
+    """Image-level detection as a table: AP of the image score, defective images missed, defect-free ones
+    flagged, per class and for any defect."""
+    rows = [(name, _num(d["ap"]), f"{d['missed']} / {d['defective']}", f"{d['false_alarms']} / {d['defect_free']}",
+             _num(d["recall"])) for name, d in [*det["per_class"].items(), ("any defect", det["any"])]]
+    return (f"image-level detection (score: {det['score']})\n"
+            + table(["class", "AP", "missed", "false alarms", "recall"], rows))
+
+
+def _num(v: float) -> str:
+    return "-" if v is None or v != v else f"{v:.4f}"
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
@@ -171,6 +210,10 @@ def register(sub: Any) -> None:
                                    "bundle for `steelseg predict`.")
     add_pipeline_args(p, "+")
     p.add_argument("--eval-dir", default=None, help="saved predictions (default RUN/eval-SPLIT)")
+    p.add_argument("--min-recall", type=float, default=None, metavar="R",
+                   help="keep only settings that still give a mask to at least this share of the defective "
+                        "validation images of each class (1.0: miss none; a missed crack costs more than a "
+                        "second look)")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (swapped in when complete)")
     add_tile_args(p, "saved in the bundle; default: whole images")

@@ -3,7 +3,10 @@
 ``evaluate`` predicts every image once and writes to its output folder:
 
 * ``metrics.json``: Kaggle mean Dice overall and per class, the all-empty baseline, IoU per class
-  and mIoU over the defect classes, classifier precision / recall per class;
+  and mIoU over the defect classes, classifier precision / recall per class, and image-level
+  detection per class and for "any defect": average precision of the image score (the classifier's
+  probability, or the segmenter's maximum probability without one), defective images missed and
+  defect-free images flagged by the final masks;
 * ``per_image.csv``: Dice, true and predicted area per class for each image (find the worst);
 * ``predictions.npz``: per-image histograms of quantised probabilities (for ``tune``), classifier
   probabilities, and the probabilities themselves (uint8, compressed) unless ``save_probs=False``.
@@ -28,7 +31,7 @@ from steelseg.inference import postprocess
 from steelseg.inference.bundle import resolve_model_dir
 from steelseg.inference.predictor import Predictor
 
-__all__ = ["evaluate", "eval_ids", "load_predictions"]
+__all__ = ["detection_scores", "evaluate", "eval_ids", "load_predictions"]
 
 
 def eval_ids(ds: DefectDataset, split: str, runs: Sequence[str | Path]) -> list[str]:
@@ -61,6 +64,29 @@ def _classifier_scores(gate: np.ndarray, true_presence: np.ndarray, names: list[
     return out
 
 
+def detection_scores(scores: np.ndarray, predicted: np.ndarray, true: np.ndarray, names: list[str],
+                     source: str) -> dict[str, Any]:
+    """Image-level detection: per class and for any defect, the average precision of the (N, C) image
+    ``scores`` against the (N, C) ``true`` presence, and the images missed / flagged by ``predicted``."""
+    def one(score: np.ndarray, found: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+        ap = metrics.average_precision(score, truth)
+        return {"ap": ap if np.isfinite(ap) else None, **metrics.detection_counts(found, truth).as_dict()}
+
+    return {"score": source, "per_class": {n: one(scores[:, c], predicted[:, c], true[:, c]) for c, n in enumerate(names)},
+            "any": one(scores.max(axis=1), predicted.any(axis=1), true.any(axis=1))}
+
+
+def _row(image_id: str, names: list[str], dice: np.ndarray, true: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
+    """One image's line of per_image.csv: Dice, true and predicted area per class."""
+    row: dict[str, Any] = {"image_id": image_id}
+    for c, name in enumerate(names):
+        row[f"dice_{name}"] = round(float(dice[c]), 6)
+        row[f"true_area_{name}"] = int(true[..., c].sum())
+        row[f"pred_area_{name}"] = int(masks[..., c].sum())
+    row["dice_mean"] = round(float(dice.mean()), 6)
+    return row
+
+
 def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path, split: str = "val",
              classifiers: Sequence[str | Path] = (), tta: bool = False, pp: postprocess.PostProcess | None = None,
              predictor: Predictor | None = None, save_probs: bool = True, progress: bool = False,
@@ -78,7 +104,7 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
     cm = np.zeros((k + 1, k + 1), np.int64)
     hist_all = np.zeros((len(ids), k, 256), np.int64)
     hist_true = np.zeros((len(ids), k, 256), np.int64)
-    gates, gate_any, probs_q, trues, rows = [], [], [], [], []
+    gates, gate_any, probs_q, trues, rows, peaks, found = [], [], [], [], [], [], []
     paths = sub.table["path"].tolist()
     for i, (_, pred) in enumerate(predictor.predict_paths(paths, progress=progress)):
         image_id = ids[i]
@@ -91,6 +117,8 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
             hist_true[i, c] = np.bincount(q[..., c][true[..., c] > 0], minlength=256)
         d = dice_acc.update(pred.masks[None], true[None])[0]
         cm += metrics.confusion_matrix(metrics.labels_from_masks(pred.masks), metrics.labels_from_masks(true), k + 1)
+        peaks.append(pred.probs.reshape(-1, k).max(axis=0))
+        found.append(pred.masks.reshape(-1, k).any(axis=0))
         if pred.gate is not None:
             gates.append(pred.gate)
         if pred.gate_any is not None:
@@ -98,13 +126,7 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
         if save_probs:
             probs_q.append(q)
             trues.append(np.packbits(true > 0, axis=None))
-        row = {"image_id": image_id}
-        for c, name in enumerate(names):
-            row[f"dice_{name}"] = round(float(d[c]), 6)
-            row[f"true_area_{name}"] = int(true[..., c].sum())
-            row[f"pred_area_{name}"] = int(pred.masks[..., c].sum())
-        row["dice_mean"] = round(float(d.mean()), 6)
-        rows.append(row)
+        rows.append(_row(image_id, names, d, true, pred.masks))
     report = dice_acc.compute()
     empty = (~sub.presence()).astype(np.float64)
     iou = metrics.iou_from_confusion(cm)
@@ -126,11 +148,22 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
         g = np.stack(gates)
         arrays["gate"] = g
         result["classifier"] = _classifier_scores(g, sub.presence(), names)
+    if ids:
+        image_scores = np.stack(gates) if gates else np.stack(peaks)
+        arrays["image_score"] = image_scores
+        result["detection"] = detection_scores(image_scores, np.stack(found), sub.presence(), names,
+                                               "classifier probability" if gates else "segmenter maximum probability")
     if gate_any:
         arrays["gate_any"] = np.asarray(gate_any)
     if probs_q and len({p.shape for p in probs_q}) == 1:
         arrays["probs"] = np.stack(probs_q)  # (N, H, W, C) uint8, for tuning component sizes
         arrays["true_packed"] = np.stack(trues)  # the masks as bits, so tuning needs no dataset
+    _write(out, arrays, result, rows)
+    return result
+
+
+def _write(out: Path, arrays: dict[str, np.ndarray], result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """predictions.npz, metrics.json and per_image.csv, each written atomically."""
     with atomic_write(out / "predictions.npz", "wb") as fh:
         np.savez_compressed(fh, **arrays)
     atomic_text(out / "metrics.json", json.dumps(result, indent=2))
@@ -139,7 +172,6 @@ def evaluate(segmenters: Sequence[str | Path], data: str | Path, out: str | Path
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    return result
 
 
 def load_predictions(folder: str | Path) -> dict[str, np.ndarray]:

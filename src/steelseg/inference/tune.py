@@ -17,8 +17,8 @@ import numpy as np
 from steelseg.inference.postprocess import PostProcess
 from steelseg.metrics import dice_from_counts
 
-__all__ = ["TuneReport", "dice_grid", "tune_min_component", "tune_postprocess", "THRESHOLDS", "AREA_FRACTIONS",
-           "GATES"]
+__all__ = ["TuneReport", "detected_from_histograms", "detected_images", "dice_grid", "tune_min_component", "tune_postprocess", "THRESHOLDS",
+           "AREA_FRACTIONS", "GATES"]
 
 THRESHOLDS = np.round(np.arange(0.20, 0.951, 0.05), 2)
 # Minimum areas as a share of the image (Severstal 1600x256: 0 ... ~8000 pixels).
@@ -27,17 +27,31 @@ GATES = np.round(np.arange(0.0, 0.951, 0.05), 2)
 LEVELS = 255  # probabilities are saved as round(p * 255)
 
 
+def _above(hist: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(N, T) pixels predicted at each threshold from (N, 256) histograms: ``q > t * 255``."""
+    above = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # pixels with q >= b
+    cut = np.clip(np.floor(thresholds * LEVELS).astype(int) + 1, 0, LEVELS)  # q > t*255 <=> q >= floor(t*255)+1
+    return above[:, cut]
+
+
 def dice_grid(hist_all: np.ndarray, hist_true: np.ndarray, thresholds: np.ndarray,
               min_areas: np.ndarray) -> np.ndarray:
     """Per-image Dice (N, T, A) for one class from (N, 256) histograms of quantised probabilities.
 
     A pixel is predicted when ``q > threshold * 255``; a mask below its minimum area is dropped.
     """
-    above_all = np.cumsum(hist_all[:, ::-1], axis=1)[:, ::-1]  # pixels with q >= b
-    above_true = np.cumsum(hist_true[:, ::-1], axis=1)[:, ::-1]
-    cut = np.floor(thresholds * LEVELS).astype(int) + 1  # q > t*255  <=>  q >= floor(t*255) + 1
-    cut = np.clip(cut, 0, LEVELS)
-    return _with_min_area(above_all[:, cut], above_true[:, cut], hist_true.sum(axis=1), min_areas)
+    return _with_min_area(_above(hist_all, thresholds), _above(hist_true, thresholds), hist_true.sum(axis=1),
+                          min_areas)
+
+
+def _recall_ok(detected: np.ndarray, defective: np.ndarray, min_recall: float | None) -> np.ndarray:
+    """Which settings keep image recall >= ``min_recall`` on these images: ``detected`` is (N, ...) per
+    image and setting. When none does, the settings of the highest recall reached (never an empty choice)."""
+    if min_recall is None or not defective.any():
+        return np.ones(detected.shape[1:], bool)
+    recall = detected[defective].mean(axis=0)
+    ok = recall >= min_recall - 1e-12
+    return ok if ok.any() else np.isclose(recall, recall.max())
 
 
 def _with_min_area(pred_area: np.ndarray, inter: np.ndarray, true_area: np.ndarray,
@@ -78,12 +92,15 @@ class TuneReport:
 
 def tune_postprocess(hist_all: np.ndarray, hist_true: np.ndarray, image_pixels: int,
                      gate: np.ndarray | None = None, thresholds: np.ndarray = THRESHOLDS,
-                     area_fractions: np.ndarray = AREA_FRACTIONS, gates: np.ndarray = GATES) -> TuneReport:
+                     area_fractions: np.ndarray = AREA_FRACTIONS, gates: np.ndarray = GATES,
+                     min_recall: float | None = None) -> TuneReport:
     """Best per-class threshold, minimum area (and gate) for Kaggle mean Dice.
 
     ``hist_all`` / ``hist_true`` are (N, C, 256); ``gate`` is (N, C) classifier probabilities.
     The untuned default (0.5, no minimum area, no gate) is always in the grid, so the result on
-    these predictions is never worse than the default.
+    these predictions is never worse than the default. ``min_recall`` (e.g. 1.0: a missed crack
+    costs more than a second look) keeps only settings under which at least that share of the
+    defective images of each class still get a mask; where none does, those of the highest recall.
     """
     n, k, _ = hist_all.shape
     thresholds = np.union1d(thresholds, [0.5])
@@ -95,12 +112,16 @@ def tune_postprocess(hist_all: np.ndarray, hist_true: np.ndarray, image_pixels: 
     for c in range(k):
         grid = dice_grid(hist_all[:, c], hist_true[:, c], thresholds, min_areas)  # (N, T, A)
         before.append(float(grid[:, i_half, 0].mean()))
+        kept = _above(hist_all[:, c], thresholds)[..., None] >= np.maximum(min_areas, 1)  # (N, T, A)
         if gate is not None:
             true_empty = (hist_true[:, c].sum(1) == 0).astype(np.float64)
             gated = gate[:, c][:, None] < gates_grid[None, :]  # (N, G)
             scores = np.where(gated[:, None, None, :], true_empty[:, None, None, None], grid[..., None]).mean(0)
+            detected = kept[..., None] & ~gated[:, None, None, :]  # (N, T, A, G)
         else:
             scores = grid.mean(0)[..., None]  # (T, A, 1)
+            detected = kept[..., None]
+        scores = np.where(_recall_ok(detected, hist_true[:, c].sum(1) > 0, min_recall), scores, -np.inf)
         # Ties go to the simplest setting: lowest gate, smallest area, threshold nearest 0.5.
         best = scores.max()
         cand = np.argwhere(np.isclose(scores, best, rtol=0, atol=1e-12))
@@ -121,14 +142,16 @@ COMPONENT_FRACTIONS = np.array([0, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.00
 
 def tune_min_component(probs_q: np.ndarray, true: np.ndarray, pp: PostProcess, gate: np.ndarray | None = None,
                        component_fractions: np.ndarray = COMPONENT_FRACTIONS,
-                       area_fractions: np.ndarray = AREA_FRACTIONS) -> tuple[PostProcess, list[float]]:
+                       area_fractions: np.ndarray = AREA_FRACTIONS,
+                       min_recall: float | None = None) -> tuple[PostProcess, list[float]]:
     """Refine ``pp`` with the best minimum component size (and minimum area) per class.
 
     ``probs_q`` are (N, H, W, C) uint8 probabilities (round(p * 255)), ``true`` (N, H, W, C)
     binary masks, ``gate`` (N, C) classifier probabilities when ``pp`` gates. Each image's
     components are labelled once at the chosen threshold; the predicted area and intersection for
     every size cut then follow from per-component sums.
-    Returns the refined parameters and the per-class mean Dice they reach.
+    ``min_recall`` as in :func:`tune_postprocess`: a refinement that would miss more defective
+    images than that is not taken. Returns the refined parameters and the per-class mean Dice they reach.
     """
     import cv2
 
@@ -153,10 +176,12 @@ def tune_min_component(probs_q: np.ndarray, true: np.ndarray, pp: PostProcess, g
             pred_area[i] = keep @ area
             inter[i] = keep @ hit
         grid = _with_min_area(pred_area, inter, true_area, min_areas)  # (N, S, A)
+        gated = np.zeros(n, bool)
         if pp.gate_threshold is not None and gate is not None:  # gated images score as empty
             gated = gate[:, c] < pp.gate_threshold[c]
             grid[gated] = (true_area[gated] == 0)[:, None, None]
-        mean = grid.mean(0)
+        detected = (pred_area[..., None] >= np.maximum(min_areas, 1)) & ~gated[:, None, None]
+        mean = np.where(_recall_ok(detected, true_area > 0, min_recall), grid.mean(0), -np.inf)
         # Current choice (no component removal, the tuned area) unless something beats it.
         a_now = int(np.argmin(np.abs(min_areas - pp.min_area[c])))
         best_s, best_a, best = 0, a_now, mean[0, a_now]
@@ -168,3 +193,37 @@ def tune_min_component(probs_q: np.ndarray, true: np.ndarray, pp: PostProcess, g
         out.min_area[c] = int(min_areas[best_a])
         scores.append(float(best))
     return out, scores
+
+
+def detected_from_histograms(hist_all: np.ndarray, pp: PostProcess, gate: np.ndarray | None = None,
+                             gate_any: np.ndarray | None = None) -> np.ndarray:
+    """(N, C) whether each image gets a mask of each class under ``pp``, from the (N, C, 256) histograms
+    alone: exact while ``pp`` removes no components (then use :func:`detected_images`)."""
+    if any(pp.min_component):
+        raise ValueError("min_component is set: detection needs the saved probabilities (detected_images)")
+    n, k, _ = hist_all.shape
+    out = np.zeros((n, k), bool)
+    for c in range(k):
+        area = _above(hist_all[:, c], np.array([pp.pixel_threshold[c]]))[:, 0]
+        out[:, c] = area >= max(pp.min_area[c], 1)
+        if pp.gate_threshold is not None and gate is not None:
+            out[:, c] &= gate[:, c] >= pp.gate_threshold[c]
+    if pp.gate_any is not None and gate_any is not None:
+        out &= (np.asarray(gate_any) >= pp.gate_any)[:, None]
+    return out
+
+
+def detected_images(probs_q: np.ndarray, pp: PostProcess, gate: np.ndarray | None = None,
+                    gate_any: np.ndarray | None = None) -> np.ndarray:
+    """(N, C) whether each image gets a mask of each class under ``pp``, from the saved (N, H, W, C) uint8
+    probabilities, through the same :func:`steelseg.inference.postprocess.apply` that predicts."""
+    from steelseg.inference import postprocess
+
+    out = np.zeros((probs_q.shape[0], probs_q.shape[-1]), bool)
+    for i in range(probs_q.shape[0]):
+        g = None if gate is None else gate[i]
+        ga = None if gate_any is None else float(gate_any[i])
+        masks = postprocess.apply(probs_q[i].astype(np.float64) / LEVELS, pp, g, ga)  # q > t * 255, as tuned
+        out[i] = masks.reshape(-1, masks.shape[-1]).any(axis=0)
+    return out
+

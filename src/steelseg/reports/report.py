@@ -142,11 +142,32 @@ def write_report(run: str | Path, out: str | Path, worst: int = 6) -> dict[str, 
     best = next((r for r in rows if summary["best_epoch"] is not None and int(r["epoch"]) + 1 == summary["best_epoch"]),
                 rows[-1])
     per_class = [(n, best.get(f"val/dice_{n}"), best.get(f"val/iou_{n}")) for n in names]
+    detection = _detection(eval_dir)
     report = {"run": str(run), "summary": summary, "best_epoch_metrics": best, "per_class": per_class,
-              "search": search_rows, "worst": [{"image": i, "dice": d} for _, i, d in worst_pics]}
+              "search": search_rows, "worst": [{"image": i, "dice": d} for _, i, d in worst_pics],
+              "detection": detection}
     atomic_json(out / "report.json", report)
-    _page(out, run, summary, figs, per_class, search, search_rows, worst_pics, eval_dir)
+    _page(out, run, summary, figs, per_class, search, search_rows, worst_pics, eval_dir, _detection_html(detection))
     return report
+
+
+def _detection(eval_dir: Path | None) -> dict[str, Any] | None:
+    """The image-level detection that ``steelseg evaluate`` saved in its metrics.json, if any."""
+    path = None if eval_dir is None else eval_dir / "metrics.json"
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("detection")
+
+
+def _detection_html(det: dict[str, Any] | None) -> str:
+    if not det:
+        return "<p>Not evaluated yet (or evaluated before image-level scores existed).</p>"
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{_f(d['ap'])}</td><td>{d['missed']} of {d['defective']}</td>"
+                   f"<td>{d['false_alarms']} of {d['defect_free']}</td></tr>"
+                   for n, d in [*det["per_class"].items(), ("any defect", det["any"])])
+    return (f"<p>Image score: {html.escape(det['score'])}. Missed and flagged images are those of the final "
+            "masks (the post-processing evaluated).</p><table><tr><th>class</th><th>AP</th><th>defective images "
+            f"missed</th><th>defect-free images flagged</th></tr>{rows}</table>")
 
 
 def _f(v: Any) -> str:
@@ -154,7 +175,7 @@ def _f(v: Any) -> str:
 
 
 def _page(out: Path, run: Path, s: dict[str, Any], figs: dict[str, str], per_class: list, search: str | None,
-          search_rows: list[dict[str, Any]], worst: list, eval_dir: Path | None) -> None:
+          search_rows: list[dict[str, Any]], worst: list, eval_dir: Path | None, detection_html: str) -> None:
     head = "".join(f"<tr><th>{html.escape(k)}</th><td>{_f(v)}</td></tr>" for k, v in s.items()
                    if not k.startswith(("dice_", "iou_")))
     classes = "".join(f"<tr><td>{html.escape(n)}</td><td>{_f(d)}</td><td>{_f(i)}</td></tr>" for n, d, i in per_class)
@@ -183,6 +204,7 @@ figcaption {{ font-size: 12px; color: #555; }}
 <table>{head}</table>
 <h2>Curves</h2><img src="img/{figs['loss']}" alt="loss curves"><img src="img/{figs['scores']}" alt="validation scores">
 <h2>Per class, best epoch</h2><table><tr><th>class</th><th>Dice</th><th>IoU</th></tr>{classes}</table>
+<h2>Image-level detection</h2>{detection_html}
 <h2>Post-processing search</h2>{search_html}
 <h2>Worst validation images</h2>{worst_html}
 </body></html>

@@ -19,7 +19,7 @@ from steelseg.schema import load_yaml
 __all__ = ["COLUMNS", "compare", "find_runs", "read_metrics", "read_run_config", "run_row", "to_markdown"]
 
 COLUMNS = ["name", "data", "task", "arch", "encoder", "weights", "device", "epochs", "steps", "minutes",
-           "img_per_s", "best_epoch", "dice", "miou", "auc"]
+           "img_per_s", "best_epoch", "dice", "miou", "auc", "ap"]
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -86,7 +86,7 @@ def run_row(run: Path, cfg: dict[str, Any] | None = None, metrics: list[dict[str
         "minutes": round(seconds / 60, 1), "img_per_s": round(steps * batch / seconds, 2) if seconds else None,
         "best_epoch": None if best is None else int(_num(best["epoch"]) or 0) + 1,
     }
-    for key in ("dice", "miou", "auc"):
+    for key in ("dice", "miou", "auc", "ap"):  # ap: image-level average precision (any defect)
         out[key] = None if best is None else _num(best.get(f"val/{key}"))
     if best is not None:
         for k, v in best.items():

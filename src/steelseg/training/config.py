@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = 42
     limit_train_batches: int | float = 1.0  # Lightning's meaning: int = batches, float = share
     limit_val_batches: int | float = 1.0
+    val_every: int = 1  # validate every N epochs (short epochs of a small set: validation would dominate)
     channels_last: bool = True  # NHWC memory format: about 20% faster convolutions on CPU and GPU
     depthwise_fp32: bool = True  # under bf16 on CPU, depthwise convolutions in fp32 (their bf16 backward is slow)
     freeze_stride: int = 0  # freeze the encoder's layers up to 1/N resolution (2, 4, 8, 16; 0 = train all)
@@ -239,6 +240,7 @@ def _check_ranges(cfg: RunConfig) -> None:
     _need(_finite(t.low_res_share) and 0 < t.low_res_share < 1, "train.low_res_share", t.low_res_share,
           "must be a share of the run in (0, 1), e.g. 0.7 for the first 70%")
     _need(t.num_nodes >= 1, "train.num_nodes", t.num_nodes, "must be >= 1")
+    _need(t.val_every >= 1, "train.val_every", t.val_every, "must be >= 1 (validate every N epochs)")
     for key, low in (("limit_train_batches", 1), ("limit_val_batches", 0)):  # 0 val batches: no validation
         v = getattr(t, key)
         _need(_finite(v) and (v >= low if isinstance(v, int) else 0 < v <= 1.0), f"train.{key}", v,

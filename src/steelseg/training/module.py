@@ -19,7 +19,7 @@ from steelseg.models.factory import create_classifier, create_segmenter, depthwi
 from steelseg.models.losses import build_loss
 from steelseg.training.config import RunConfig
 
-__all__ = ["SteelsegModule", "classification_scores", "lr_factor", "output_names"]
+__all__ = ["SteelsegModule", "classification_scores", "detection_ap", "lr_factor", "output_names"]
 
 
 def output_names(cfg: RunConfig, class_names: list[str]) -> list[str]:
@@ -159,7 +159,7 @@ class SteelsegModule(L.LightningModule):
             cm = torch.bincount((t_lab * (k + 1) + p_lab).flatten(), minlength=(k + 1) ** 2)
             self._val.append({
                 "inter": (pred & true).sum((2, 3)), "pred": pred.sum((2, 3)), "true": true.sum((2, 3)),
-                "cm": cm.view(1, k + 1, k + 1),
+                "cm": cm.view(1, k + 1, k + 1), "peak": probs.amax((2, 3)),  # image score: the maximum probability
             })
         else:
             self._val.append({"probs": probs, "labels": target})
@@ -185,8 +185,10 @@ class SteelsegModule(L.LightningModule):
             iou = metrics.iou_from_confusion(cm)
             out["miou"] = metrics.mean_iou(cm)
             out.update({f"iou_{n}": float(v) for n, v in zip(names, iou[1:]) if np.isfinite(v)})
+            out.update(detection_ap(parts["peak"].cpu().numpy(), parts["true"].cpu().numpy() > 0, names))
         else:
             out.update(classification_scores(parts["probs"].cpu().numpy(), parts["labels"].cpu().numpy(), names))
+            out.update(detection_ap(parts["probs"].cpu().numpy(), parts["labels"].cpu().numpy() > 0.5, names))
         for key, value in out.items():
             if np.isfinite(value):
                 # every rank gathered the whole split: the values agree, so each rank logs them
@@ -227,6 +229,15 @@ def lr_factor(kind: str, step: int, progress: float, warmup: int = 0, floor: flo
         return _cos(1 / 25, 1.0, p / 0.3) if p < 0.3 else _cos(1.0, 1 / 25e4, (p - 0.3) / 0.7)
     warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
     return warm * _cos(1.0, floor, p)
+
+
+def detection_ap(scores: np.ndarray, present: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Image-level average precision of (N, K) image scores against (N, K) presence: ``ap`` for any defect
+    (the maximum score), ``ap_<class>`` per class; NaN where no image of the split is defective."""
+    out = {"ap": metrics.average_precision(scores.max(axis=1), present.any(axis=1))}
+    if len(names) > 1:
+        out.update({f"ap_{n}": metrics.average_precision(scores[:, c], present[:, c]) for c, n in enumerate(names)})
+    return out
 
 
 def classification_scores(probs: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, float]:

@@ -208,7 +208,7 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any], loggers: list[
     return L.Trainer(
         default_root_dir=str(run_dir), max_epochs=t.epochs, accelerator=t.accelerator, devices=devices,
         strategy=t.strategy, num_nodes=t.num_nodes, precision=_precision(cfg), accumulate_grad_batches=t.accumulate,
-        limit_train_batches=t.limit_train_batches,
+        limit_train_batches=t.limit_train_batches, check_val_every_n_epoch=t.val_every,
         max_time=None if t.max_minutes is None else {"minutes": t.max_minutes}, limit_val_batches=t.limit_val_batches,
         callbacks=callbacks, logger=loggers or False, enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
