@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +64,76 @@ def write_voc(root: Path, masks: dict[str, np.ndarray], splits: dict[str, list[s
         for k, ids in splits.items():
             (d / f"{k}.txt").write_text("\n".join(ids) + "\n")
     return root
+
+
+# ---- shared helpers ----------------------------------------------------------------------------------
+def cli_run(capsys, *args: object) -> tuple[int, str, str]:
+    """``steelseg ARGS`` in this process: (exit code, stdout, stderr)."""
+    from steelseg.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def expect_error(capsys, pattern: str, *args: object, code: int = 2) -> str:
+    """Run the command and check the rules of the bad-input corpus: exit ``code``, exactly one ``error:``
+    line holding ``pattern``, no traceback and no "unexpected"; returns that line."""
+    rc, _, err = cli_run(capsys, *args)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == code, f"exit {rc} for {args}: {err}"
+    assert len(lines) == 1 and "unexpected" not in err and "Traceback" not in err, err
+    assert pattern.lower() in lines[0].lower(), f"{pattern!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def tiny_bundle_at(root: Path, names: list[str], seed: int = 0) -> Path:
+    """A plain bundle of a tiny random-init U-Net (tu-test_resnet, 8-channel decoder) in ``root/bundle``."""
+    import torch
+
+    from steelseg.inference import write_bundle
+    from steelseg.models import create_segmenter, save_weights, write_model_json
+    from steelseg.schema import InputMeta, ModelMeta, ModelSpec
+
+    torch.manual_seed(seed)
+    kw = {"decoder_channels": [8, 8, 8, 8, 8]}
+    (root / "seg").mkdir(parents=True)
+    k = len(names)
+    save_weights(create_segmenter("unet", "tu-test_resnet", k, 1, **kw), root / "seg" / "best.safetensors")
+    write_model_json(root / "seg", ModelMeta(ModelSpec("segment", "tu-test_resnet", k, 1, "unet", kwargs=kw),
+                                             list(names), InputMeta()))
+    return write_bundle(root / "bundle", [root / "seg"], kind="plain")
+
+
+@contextlib.contextmanager
+def serving(bundle: Path, *flags: str) -> Iterator[tuple[int, subprocess.Popen]]:
+    """``steelseg serve BUNDLE FLAGS`` on a free loopback port, ready: (port, process); stopped after."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "steelseg.cli", "serve", str(bundle), "--port", str(port), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 90
+    try:
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+            if proc.poll() is not None:
+                pytest.fail("server exited:\n" + proc.stdout.read())
+            if time.time() > deadline:
+                pytest.fail("server did not become ready")
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .conftest import tiny_bundle_at
+
 PKG = Path(__file__).resolve().parents[1] / "src" / "steelseg"
 
 # wing -> the wings it may import (besides itself). The ground floor (errors, fsutil, schema, metrics,
@@ -191,20 +193,7 @@ print(json.dumps({"shape": list(masks.shape), "images": res["images"],
 
 @pytest.fixture(scope="module")
 def tiny_torch_bundle(tmp_path_factory) -> Path:
-    import torch
-
-    from steelseg.inference import write_bundle
-    from steelseg.models import create_segmenter, save_weights, write_model_json
-    from steelseg.schema import InputMeta, ModelMeta, ModelSpec
-
-    root = tmp_path_factory.mktemp("predict_path")
-    torch.manual_seed(0)
-    kw = {"decoder_channels": [8, 8, 8, 8, 8]}
-    (root / "seg").mkdir()
-    save_weights(create_segmenter("unet", "tu-test_resnet", 2, 1, **kw), root / "seg" / "best.safetensors")
-    write_model_json(root / "seg", ModelMeta(ModelSpec("segment", "tu-test_resnet", 2, 1, "unet", kwargs=kw),
-                                             ["a", "b"], InputMeta()))
-    return write_bundle(root / "bundle", [root / "seg"], kind="plain")
+    return tiny_bundle_at(tmp_path_factory.mktemp("predict_path"), ["a", "b"])
 
 
 def test_import_inference_loads_no_training_stack() -> None:

@@ -20,6 +20,8 @@ from steelseg.data.open import open_dataset
 from steelseg.data.synth import SynthConfig, make_dataset
 from steelseg.errors import DataError
 
+from .conftest import tiny_bundle_at
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -232,21 +234,7 @@ def test_mixed_sizes_train_and_evaluate(tmp_path) -> None:
 # ---- tiled inference --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory) -> Path:
-    import torch
-
-    from steelseg.inference.bundle import write_bundle
-    from steelseg.models import create_segmenter
-    from steelseg.models.checkpoint import save_weights, write_model_json
-    from steelseg.schema import InputMeta, ModelMeta, ModelSpec
-
-    root = tmp_path_factory.mktemp("tile")
-    torch.manual_seed(0)
-    kw = {"decoder_channels": [8, 8, 8, 8, 8]}
-    (root / "seg").mkdir()
-    save_weights(create_segmenter("unet", "tu-test_resnet", 4, 1, **kw), root / "seg" / "best.safetensors")
-    write_model_json(root / "seg", ModelMeta(ModelSpec("segment", "tu-test_resnet", 4, 1, "unet", kwargs=kw),
-                                             ["a", "b", "c", "d"], InputMeta()))
-    return write_bundle(root / "b", [root / "seg"], kind="plain")
+    return tiny_bundle_at(tmp_path_factory.mktemp("tile"), ["a", "b", "c", "d"])
 
 
 def test_tiled_agrees_with_whole_image(tiny_bundle, kaggle) -> None:

@@ -11,31 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steelseg.cli import main
 from steelseg.data.synth import SynthConfig, make_dataset
 from steelseg.inference.bundle import write_bundle
 from steelseg.models import create_segmenter
 from steelseg.models.checkpoint import save_weights, write_model_json
 from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 
+from .conftest import cli_run, expect_error
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["pits", "streaks", "scratches", "blotches"]
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    err = capsys.readouterr().err
+    rc, _, err = cli_run(capsys, *args)
     return rc, err
-
-
-def expect_error(capsys, pattern: str, *args: str) -> str:
-    rc, err = run_cli(capsys, *args)
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert rc == 2, f"exit {rc} for {args}: {err}"
-    assert len(lines) == 1 and "unexpected" not in err, err
-    assert pattern.lower() in lines[0].lower(), f"{pattern!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

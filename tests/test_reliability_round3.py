@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steelseg.cli import main
 from steelseg.data import open_dataset, rle
 from steelseg.data.synth import SynthConfig, make_dataset
 from steelseg.errors import ConfigError, DataError
@@ -27,25 +26,11 @@ from steelseg.inference.bundle import write_bundle
 from steelseg.models import create_segmenter, save_weights, write_model_json
 from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 
+from .conftest import cli_run, expect_error
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["pits", "streaks", "scratches", "blotches"]
 KW = {"decoder_channels": [8, 8, 8, 8, 8]}
-
-
-def run_cli(capsys, *args: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def expect_error(capsys, pattern: str, *args: object, code: int = 2) -> str:
-    rc, _, err = run_cli(capsys, *args)
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert rc == code, f"exit {rc} for {args}: {err}"
-    assert len(lines) == 1 and "unexpected" not in err and "Traceback" not in err, err
-    assert pattern.lower() in lines[0].lower(), f"{pattern!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +171,7 @@ def test_binary_0_255_masks_are_not_255_classes(tmp_path, capsys) -> None:
     for i, v in enumerate((38, 75, 113, 150)):
         colours[i * 8:(i + 1) * 8] = v  # a colour mask saved as 8-bit gray
     expect_error(capsys, "not index masks", "info", _voc(tmp_path / "c", {"a": Image.fromarray(colours)}))
-    rc, out, _ = run_cli(capsys, "info", root, "--class-names", "defect")  # named: ids above 1 are refused
+    rc, out, _ = cli_run(capsys, "info", root, "--class-names", "defect")  # named: ids above 1 are refused
     assert rc == 2
 
 
@@ -219,7 +204,7 @@ def test_a_failed_overlay_write_fails_the_run_and_keeps_the_old_overlays(model_d
 
     bundle = write_bundle(tmp_path / "b", [model_dir], kind="plain")
     out = tmp_path / "out"
-    rc, _, err = run_cli(capsys, "predict", bundle, data / "train_images", "--out", out, "--overlays")
+    rc, _, err = cli_run(capsys, "predict", bundle, data / "train_images", "--out", out, "--overlays")
     assert rc == 0, err
     before = {p.name: p.read_bytes() for p in (out / "overlays").iterdir()}
     monkeypatch.setattr(cv2, "imwrite", lambda *a, **k: False)  # what OpenCV does on a full disk
@@ -335,7 +320,7 @@ def test_runs_compare_takes_the_names_runs_prints(tmp_path, capsys) -> None:
     for name, lr in (("neu-a", 0.001), ("neu-b", 0.002)):
         (runs / name).mkdir(parents=True)
         (runs / name / "config.yaml").write_text(f"name: {name}\ntrain:\n  lr: {lr}\n")
-    rc, out, err = run_cli(capsys, "runs", runs, "--compare", "neu-a", "neu-b")
+    rc, out, err = cli_run(capsys, "runs", runs, "--compare", "neu-a", "neu-b")
     assert rc == 0 and "train.lr" in out, err
     line = expect_error(capsys, "did you mean neu-a", "runs", runs, "--compare", "neu-aa", "neu-b")
     assert "not a run folder" in line

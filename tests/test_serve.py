@@ -6,10 +6,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,8 @@ from steelseg.models import create_classifier, create_segmenter  # noqa: E402
 from steelseg.models.checkpoint import save_weights, write_model_json  # noqa: E402
 from steelseg.schema import InputMeta, ModelMeta, ModelSpec  # noqa: E402
 from steelseg.serve.app import ServeConfig, create_app  # noqa: E402
+
+from .conftest import serving  # noqa: E402
 
 NAMES = ["pits", "streaks", "scratches", "blotches"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -205,35 +205,10 @@ def test_feedback_folder_loads_as_a_dataset(client, tmp_path, capsys) -> None:
 
 
 # ---- the page in a real browser ---------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def server(bundle, tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "steelseg.cli", "serve", str(bundle), "--port", str(port),
-                             "--feedback", str(tmp_path / "fb")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    import httpx
-
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            pytest.fail("server exited:\n" + proc.stdout.read())
-    else:
-        proc.kill()
-        pytest.fail("server did not become ready")
-    yield f"http://127.0.0.1:{port}", tmp_path / "fb"
-    proc.terminate()
-    proc.wait(timeout=20)
+    with serving(bundle, "--feedback", str(tmp_path / "fb")) as (port, _):
+        yield f"http://127.0.0.1:{port}", tmp_path / "fb"
 
 
 def _browser():

@@ -8,8 +8,6 @@ import io
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,23 +19,16 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from steelseg.data import open_dataset  # noqa: E402
-from steelseg.inference.bundle import write_bundle  # noqa: E402
-from steelseg.models import create_segmenter, save_weights, write_model_json  # noqa: E402
-from steelseg.schema import InputMeta, ModelMeta, ModelSpec  # noqa: E402
 from steelseg.serve.app import ServeConfig, create_app  # noqa: E402
+
+from .conftest import serving, tiny_bundle_at  # noqa: E402
 
 NAMES = ["a", "b"]
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("limits")
-    kw = {"decoder_channels": [8, 8, 8, 8, 8]}
-    (root / "seg").mkdir()
-    save_weights(create_segmenter("unet", "tu-test_resnet", 2, 1, **kw), root / "seg" / "best.safetensors")
-    write_model_json(root / "seg", ModelMeta(ModelSpec("segment", "tu-test_resnet", 2, 1, "unet", kwargs=kw), NAMES,
-                                             InputMeta()))
-    return write_bundle(root / "bundle", [root / "seg"], kind="plain")
+    return tiny_bundle_at(tmp_path_factory.mktemp("limits"), NAMES)
 
 
 def _png(arr: np.ndarray, fmt: str = "PNG", **kw) -> bytes:
@@ -80,37 +71,11 @@ def test_only_what_the_readers_take_is_accepted_for_predict_and_feedback(bundle,
 
 
 # ---- a real server -------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def server(bundle, tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "steelseg.cli", "serve", str(bundle), "--port", str(port),
-                             "--feedback", str(tmp_path / "fb"), "--max-mb", "1", "--max-batch", "2",
-                             "--max-queue", "1", "--body-timeout", "2", "--shutdown-timeout", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    import httpx
-
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            pytest.fail("server exited:\n" + proc.stdout.read())
-    else:
-        proc.kill()
-        pytest.fail("server did not become ready")
-    yield port, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=20)
+    with serving(bundle, "--feedback", str(tmp_path / "fb"), "--max-mb", "1", "--max-batch", "2", "--max-queue", "1",
+                 "--body-timeout", "2", "--shutdown-timeout", "2") as running:
+        yield running
 
 
 def _connect(port: int) -> socket.socket:

@@ -90,7 +90,7 @@ def add_middleware(app: FastAPI, svc: Service, cfg: ServeConfig) -> None:
         return response
 
 
-async def _one_image(request: Request, cfg: ServeConfig) -> tuple[bytes, str]:
+async def _one_image(request: Request) -> tuple[bytes, str]:
     ctype = _content_type(request)  # the body's size is bounded by the guard (steelseg.serve.guard)
     if ctype == "multipart/form-data":
         form = await request.form()
@@ -117,7 +117,7 @@ def _predict_items(svc: Service, items: list[tuple[bytes, str]]) -> list[dict[st
 def add_predict_routes(app: FastAPI, svc: Service, cfg: ServeConfig) -> None:
     @app.post("/v1/predict", summary="Predict one image (raw body or multipart field 'file')")
     async def predict(request: Request) -> JSONResponse:
-        item = await _one_image(request, cfg)
+        item = await _one_image(request)
         return JSONResponse((await run_in_threadpool(_predict_items, svc, [item]))[0])
 
     @app.post("/v1/predict/batch", summary="Predict several images (multipart field 'files')")

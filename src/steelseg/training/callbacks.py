@@ -157,7 +157,7 @@ def _log_line(trainer: L.Trainer, row: dict[str, Any]) -> None:
     if sys.stderr.isatty():
         return  # the progress bar shows it
     shown = {"train_loss": row.get("train/loss_epoch"), "val_loss": row.get("val/loss")}
-    shown.update({k[4:]: v for k, v in row.items() if k in ("val/dice", "val/miou", "val/auc", "val/f1")})
+    shown.update({k[4:]: v for k, v in row.items() if k in ("val/dice", "val/miou", "val/auc", "val/f1", "val/ap")})
     parts = [f"{k} {v:.4f}" for k, v in shown.items() if v is not None]
     print(f"epoch {row['epoch'] + 1}/{trainer.max_epochs}  " + "  ".join(parts) + f"  ({row['seconds']:.1f}s)",
           flush=True)
