@@ -13,11 +13,8 @@ from PIL import Image
 
 from steelseg.data.synth import SynthConfig, make_dataset
 from steelseg.inference.bundle import write_bundle
-from steelseg.models import create_segmenter
-from steelseg.models.checkpoint import save_weights, write_model_json
-from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 
-from .conftest import cli_run, expect_error
+from .conftest import cli_run, expect_error, tiny_model_at
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["pits", "streaks", "scratches", "blotches"]
@@ -35,13 +32,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def bundle(tmp_path) -> Path:
-    folder = tmp_path / "model"
-    folder.mkdir()
-    net = create_segmenter("unet", "tu-test_resnet", 4, 1, decoder_channels=[8, 8, 8, 8, 8])
-    save_weights(net, folder / "best.safetensors")
-    spec = ModelSpec("segment", "tu-test_resnet", 4, 1, "unet", kwargs={"decoder_channels": [8, 8, 8, 8, 8]})
-    write_model_json(folder, ModelMeta(spec, NAMES, InputMeta()))
-    return write_bundle(tmp_path / "bundle", [folder], kind="plain")
+    return write_bundle(tmp_path / "bundle", [tiny_model_at(tmp_path / "model", NAMES)], kind="plain")
 
 
 def _edit_json(path: Path, **changes) -> None:

@@ -6,6 +6,7 @@ earlier output intact."""
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import json
 import os
@@ -23,12 +24,12 @@ from steelseg.data import open_dataset, rle
 from steelseg.data.synth import SynthConfig, make_dataset
 from steelseg.errors import ConfigError, DataError
 from steelseg.inference.bundle import write_bundle
-from steelseg.models import create_segmenter, save_weights, write_model_json
-from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 
-from .conftest import cli_run, expect_error
+from . import conftest
+from .conftest import cli_run, tiny_model_at
 
 ROOT = Path(__file__).resolve().parents[1]
+expect_error = functools.partial(conftest.expect_error, clean=True)  # no traceback on stderr either
 NAMES = ["pits", "streaks", "scratches", "blotches"]
 KW = {"decoder_channels": [8, 8, 8, 8, 8]}
 
@@ -40,12 +41,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def model_dir(tmp_path) -> Path:
-    folder = tmp_path / "model"
-    folder.mkdir()
-    save_weights(create_segmenter("unet", "tu-test_resnet", 4, 1, **KW), folder / "best.safetensors")
-    write_model_json(folder, ModelMeta(ModelSpec("segment", "tu-test_resnet", 4, 1, "unet", kwargs=KW), NAMES,
-                                       InputMeta()))
-    return folder
+    return tiny_model_at(tmp_path / "model", NAMES)
 
 
 def _gray_png(path: Path, shape=(64, 96), value: int = 128) -> Path:
