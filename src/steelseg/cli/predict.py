@@ -192,6 +192,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bundle_out_args(p: argparse.ArgumentParser) -> None:
+    """What tune and bundle share: the bundle to write, --overwrite, and the tiling saved in it."""
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (swapped in when complete)")
+    add_tile_args(p, "saved in the bundle; default: whole images")
+
+
 def register(sub: Any) -> None:
     """Add this family's sub-commands to ``steelseg``'s sub-parsers."""
     p = sub.add_parser("evaluate", help="score models or a bundle on a labelled split",
@@ -214,9 +221,7 @@ def register(sub: Any) -> None:
                    help="keep only settings that still give a mask to at least this share of the defective "
                         "validation images of each class (1.0: miss none; a missed crack costs more than a "
                         "second look)")
-    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (swapped in when complete)")
-    add_tile_args(p, "saved in the bundle; default: whole images")
+    _add_bundle_out_args(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bundle", help="pack models without tuning (plain baseline) or the all-empty baseline",
@@ -227,9 +232,7 @@ def register(sub: Any) -> None:
     p.add_argument("--empty", action="store_true", help="the all-empty baseline bundle")
     p.add_argument("--class-names", default=None, help="class names for --empty")
     p.add_argument("--tta", action="store_true", help="use flip TTA when predicting")
-    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (swapped in when complete)")
-    add_tile_args(p, "saved in the bundle; default: whole images")
+    _add_bundle_out_args(p)
     p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("predict", help="predict a folder of images to submission.csv (+ overlays)",
