@@ -28,8 +28,9 @@ ALLOWED = {
     "training": {GROUND, "data", "models"},
     "inference": {GROUND, "data", "models"},
     "serve": {GROUND, "data", "models", "inference"},
+    "kaggle": {GROUND, "data", "models", "inference"},
     "reports": {GROUND, "data", "models", "training", "inference"},
-    "cli": {GROUND, "data", "models", "training", "inference", "serve", "reports"},
+    "cli": {GROUND, "data", "models", "training", "inference", "serve", "reports", "kaggle"},
     "demo": {GROUND, "cli"},
 }
 MAX_MODULE_LINES = 450

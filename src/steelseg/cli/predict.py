@@ -130,6 +130,54 @@ def _num(v: float) -> str:
     return "-" if v is None or v != v else f"{v:.4f}"
 
 
+def cmd_cv_tune(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from steelseg.fsutil import atomic_json
+    from steelseg.inference.crosstune import cross_tune, split_by_group
+    from steelseg.inference.evaluation import load_predictions
+
+    if args.min_recall is not None and not 0 < args.min_recall <= 1:
+        raise SteelsegError(f"--min-recall {args.min_recall}: a share in (0, 1], e.g. 1.0 to miss no defective image")
+    preds = [load_predictions(d) for d in args.eval_dirs]
+    names = [str(d) for d in args.eval_dirs]
+    if args.inner:  # each model on its own validation images, split into parts of whole groups
+        if len(preds) != 1:
+            raise SteelsegError("--inner scores one model: give one eval folder (run it once per fold)")
+        preds = split_by_group(preds[0], args.inner)
+        names = [f"{names[0]} part {k + 1}" for k in range(args.inner)]
+    res = cross_tune(preds, names, args.min_recall)
+    rows = []
+    for f in res.folds:
+        pp = f.chosen
+        gate = "-" if pp.gate_threshold is None else "/".join(f"{g:.2f}" for g in pp.gate_threshold)
+        rows.append((f.name, str(f.images), "/".join(f"{t:.2f}" for t in pp.pixel_threshold),
+                     "/".join(str(a) for a in pp.min_area), gate, f"{np.mean(f.oof):.4f}", f"{np.mean(f.own):.4f}",
+                     f"{np.mean(f.all_empty):.4f}", f"{f.missed} / {f.defective}", f"{f.false_alarms} / {f.defect_free}"))
+    print("each fold scored with the setting tuned on the other folds (out-of-fold) and on itself (optimistic)")
+    print(table(["fold", "images", "threshold", "min area", "gate", "dice oof", "dice own", "all-empty",
+                 "missed", "false alarms"], rows))
+    s = res.summary()
+    print(f"\nout-of-fold Dice {s['oof_dice']['mean']:.4f} ± {s['oof_dice']['std']:.4f} (tuned on itself "
+          f"{s['own_dice']['mean']:.4f} ± {s['own_dice']['std']:.4f}, all-empty {s['all_empty_dice']['mean']:.4f}); "
+          f"missed {s['missed']} of {s['defective']} defective images, flagged {s['false_alarms']} of "
+          f"{s['defect_free']} defect-free")
+    pooled = res.pooled
+    print(f"tuned on every fold pooled (for the fold ensemble): threshold {pooled.pixel_threshold}, "
+          f"min area {pooled.min_area}" + ("" if pooled.gate_threshold is None else f", gate {pooled.gate_threshold}"))
+    if args.json:
+        atomic_json(args.json, {"summary": s, "pooled": asdict(pooled), "min_recall": args.min_recall,
+                                      "folds": [{"eval_dir": f.name, "images": f.images, "chosen": asdict(f.chosen),
+                                                 "oof_dice": f.oof, "own_dice": f.own, "all_empty_dice": f.all_empty,
+                                                 "missed": f.missed, "defective": f.defective,
+                                                 "false_alarms": f.false_alarms, "defect_free": f.defect_free}
+                                                for f in res.folds]})
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
     from steelseg.inference.bundle import write_bundle
 
@@ -199,6 +247,21 @@ def _add_bundle_out_args(p: argparse.ArgumentParser) -> None:
     add_tile_args(p, "saved in the bundle; default: whole images")
 
 
+def _register_cv_tune(sub: Any) -> None:
+    p = sub.add_parser("cv-tune", help="honest score of tuning under k-fold CV (tune on the other folds)",
+                       description="Given the saved validation predictions of every fold (`steelseg evaluate` "
+                                   "of each fold's run), score each fold with the thresholds / minimum areas / "
+                                   "gates tuned on the other folds pooled, beside the optimistic score tuned on "
+                                   "itself; print the setting tuned on all folds pooled (for the fold ensemble).")
+    p.add_argument("eval_dirs", nargs="+", type=Path, help="one eval folder per fold (RUN/eval-val)")
+    p.add_argument("--min-recall", type=float, default=None, metavar="R", help="as in `steelseg tune`")
+    p.add_argument("--inner", type=int, default=None, metavar="K",
+                   help="score one model instead: split its eval folder into K parts of whole groups (the first "
+                        "folder of each image id) and score each part tuned on the others")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    p.set_defaults(func=cmd_cv_tune)
+
+
 def register(sub: Any) -> None:
     """Add this family's sub-commands to ``steelseg``'s sub-parsers."""
     p = sub.add_parser("evaluate", help="score models or a bundle on a labelled split",
@@ -223,6 +286,8 @@ def register(sub: Any) -> None:
                         "second look)")
     _add_bundle_out_args(p)
     p.set_defaults(func=cmd_tune)
+
+    _register_cv_tune(sub)
 
     p = sub.add_parser("bundle", help="pack models without tuning (plain baseline) or the all-empty baseline",
                        description="Write a bundle with threshold 0.5 and no minimum area (the plain "
