@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from steelseg.errors import DataError, SteelsegError
-from tests.conftest import cli_run, expect_error, tiny_bundle_at
+from tests.conftest import expect_error, tiny_bundle_at
 
 HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
 CLASSES = ["c1", "c2", "c3", "c4"]

@@ -21,7 +21,7 @@ from steelseg.errors import DataError
 from steelseg.inference.postprocess import PostProcess
 from steelseg.inference.tune import detected_from_histograms, dice_grid, tune_postprocess
 
-__all__ = ["FoldScore", "CrossTune", "cross_tune", "dice_under", "split_by_group"]
+__all__ = ["CrossTune", "FoldScore", "cross_tune", "dice_under", "split_by_group"]
 
 
 def dice_under(hist_all: np.ndarray, hist_true: np.ndarray, pp: PostProcess,

@@ -23,7 +23,7 @@ from pathlib import Path
 from steelseg.errors import SteelsegError
 
 __all__ = ["KAGGLE_PREINSTALLED", "Wheel", "build_steelseg_wheel", "canonical", "download_closure",
-           "predict_requirements", "sha256", "wheel_requirements"]
+           "installed_version", "predict_requirements", "sha256", "wheel_requirements"]
 
 # Distributions the Kaggle Python image ships (checked against Kaggle/docker-python, Dockerfile.tmpl and
 # kaggle_requirements.txt over the Colab base image). Not in it: segmentation-models-pytorch,
@@ -75,7 +75,7 @@ def predict_requirements(backend: str) -> list[str]:
     return [*_BASE, *_BY_BACKEND[backend]]
 
 
-def _installed_version(name: str) -> str | None:
+def installed_version(name: str) -> str | None:
     try:
         return md.version(name)
     except md.PackageNotFoundError:
@@ -89,7 +89,10 @@ def _wheel_meta(path: Path) -> tuple[str, str, list[str]]:
         text = z.read(meta).decode("utf-8", "replace")
     head = text.split("\n\n", 1)[0]
     fields = [ln.split(":", 1) for ln in head.splitlines() if ":" in ln and not ln.startswith(" ")]
-    get = lambda k: [v.strip() for key, v in fields if key.strip().lower() == k]  # noqa: E731
+
+    def get(key: str) -> list[str]:
+        return [v.strip() for k, v in fields if k.strip().lower() == key]
+
     return get("name")[0], get("version")[0], get("requires-dist")
 
 
@@ -145,7 +148,7 @@ def download_closure(names: list[str], dest: Path, python: str, platforms: list[
         if name in seen or name in PREINSTALLED or name == "steelseg":
             continue
         seen.add(name)
-        version = _installed_version(name)
+        version = installed_version(name)
         path = _pip_download(f"{name}=={version}" if version else name, dest, python, platforms, find_links)
         wname, wversion, _ = _wheel_meta(path)
         wheels.append(Wheel(canonical(wname), wversion, path.name, sha256(path), why))

@@ -17,7 +17,7 @@ from steelseg.kaggle import deps
 from steelseg.kaggle.notebook import notebook
 from steelseg.kaggle.runtime import BUNDLE_MARKER, DEPS_MARKER
 
-__all__ = ["KitConfig", "build_kit", "NOTEBOOK"]
+__all__ = ["NOTEBOOK", "KitConfig", "build_kit"]
 
 NOTEBOOK = "steelseg-submission.ipynb"
 SEVERSTAL = "severstal-steel-defect-detection"
@@ -54,10 +54,9 @@ def _dataset_meta(folder: Path, slug: str, title: str) -> None:
 def _write_deps(folder: Path, backend: str, cfg: KitConfig, slug: str) -> dict[str, Any]:
     folder.mkdir(parents=True)
     wheels = [deps.build_steelseg_wheel(folder)]
-    wheels += deps.download_closure(deps.predict_requirements(backend), folder, cfg.python, list(cfg.platforms),
-                                    cfg.find_links)
     needed = deps.predict_requirements(backend)
-    tested = {n: v for n in sorted(deps.PREINSTALLED) if (v := deps._installed_version(n)) is not None}
+    wheels += deps.download_closure(needed, folder, cfg.python, list(cfg.platforms), cfg.find_links)
+    tested = {n: v for n in sorted(deps.PREINSTALLED) if (v := deps.installed_version(n)) is not None}
     manifest = {"python": cfg.python, "platforms": list(cfg.platforms), "backend": backend,
                 "wheels": [asdict(w) for w in wheels], "preinstalled": sorted(deps.PREINSTALLED),
                 "needed_from_image": [deps.canonical(n) for n in needed if deps.canonical(n) in deps.PREINSTALLED],

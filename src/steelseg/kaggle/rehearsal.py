@@ -23,7 +23,7 @@ from steelseg.kaggle import deps
 from steelseg.kaggle.kit import NOTEBOOK
 from steelseg.kaggle.runtime import DEPS_MARKER, read_sample
 
-__all__ = ["rehearse", "image_closure"]
+__all__ = ["image_closure", "rehearse"]
 
 
 def image_closure(names: list[str] | tuple[str, ...] = deps.KAGGLE_PREINSTALLED) -> list[Any]:

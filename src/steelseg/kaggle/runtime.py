@@ -16,8 +16,19 @@ from typing import Any
 
 from steelseg.errors import DataError
 
-__all__ = ["DEPS_MARKER", "BUNDLE_MARKER", "Inputs", "Sample", "Plan", "find_inputs", "choose_device",
-           "read_sample", "plan_run", "predict_submission", "validate_submission"]
+__all__ = [
+    "BUNDLE_MARKER",
+    "DEPS_MARKER",
+    "Inputs",
+    "Plan",
+    "Sample",
+    "choose_device",
+    "find_inputs",
+    "plan_run",
+    "predict_submission",
+    "read_sample",
+    "validate_submission",
+]
 
 DEPS_MARKER = "steelseg-kit-deps.json"
 BUNDLE_MARKER = "steelseg-kit-bundle.json"
@@ -205,6 +216,7 @@ def predict_submission(inputs: Inputs, sample: Sample, plan: Plan, device: str, 
                        every: int = 200) -> dict[str, Any]:
     """Predict every image the sample lists, one at a time, writing its rows as they come (bounded
     memory); ``out`` appears complete or not at all. Returns the image sizes seen (for validation)."""
+    from steelseg.data.images import read_image
     from steelseg.fsutil import atomic_write
     from steelseg.inference.predictor import Predictor
 
@@ -227,7 +239,8 @@ def predict_submission(inputs: Inputs, sample: Sample, plan: Plan, device: str, 
     with atomic_write(out, "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(sample.header)
-        for n, (path, pred) in enumerate(predictor.predict_paths(paths), 1):
+        for n, path in enumerate(paths, 1):  # one image at a time: read, predict, write its rows
+            pred = predictor.predict([read_image(path, None)])[0]
             sizes[path.name] = pred.masks.shape[:2]
             w.writerows(_rows_for(sample, classes_of.get(path.name, []), path.name, pred.masks, class_ids))
             if n % every == 0 or n == len(paths):
