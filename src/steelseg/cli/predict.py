@@ -152,7 +152,9 @@ def cmd_cv_tune(args: argparse.Namespace) -> int:
     rows = []
     for f in res.folds:
         pp = f.chosen
-        gate = "-" if pp.gate_threshold is None else "/".join(f"{g:.2f}" for g in pp.gate_threshold)
+        scale = pp.gate_scale or [1.0] * len(pp.pixel_threshold)  # x s: classifier-scaled threshold
+        gate = "-" if pp.gate_threshold is None else "/".join(f"x{s:g}" if s > 1 else f"{g:.2f}"
+                                                             for g, s in zip(pp.gate_threshold, scale))
         rows.append((f.name, str(f.images), "/".join(f"{t:.2f}" for t in pp.pixel_threshold),
                      "/".join(str(a) for a in pp.min_area), gate, f"{np.mean(f.oof):.4f}", f"{np.mean(f.own):.4f}",
                      f"{np.mean(f.all_empty):.4f}", f"{f.missed} / {f.defective}", f"{f.false_alarms} / {f.defect_free}"))

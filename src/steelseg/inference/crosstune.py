@@ -19,7 +19,8 @@ import numpy as np
 
 from steelseg.errors import DataError
 from steelseg.inference.postprocess import PostProcess
-from steelseg.inference.tune import detected_from_histograms, dice_grid, tune_postprocess
+from steelseg.inference.tune import (above_per_image, detected_from_histograms, image_thresholds, tune_postprocess,
+                                     with_min_area)
 
 __all__ = ["CrossTune", "FoldScore", "cross_tune", "dice_under", "split_by_group"]
 
@@ -30,9 +31,11 @@ def dice_under(hist_all: np.ndarray, hist_true: np.ndarray, pp: PostProcess,
     if any(pp.min_component):
         raise ValueError("min_component is set: scoring it needs the saved probabilities")
     out = []
+    n = hist_all.shape[0]
     for c in range(hist_all.shape[1]):
-        dice = dice_grid(hist_all[:, c], hist_true[:, c], np.array([pp.pixel_threshold[c]]),
-                         np.array([pp.min_area[c]]))[:, 0, 0]
+        t = image_thresholds(pp, c, n, gate)[:, None]  # per image: classifier-scaled where pp says
+        dice = with_min_area(above_per_image(hist_all[:, c], t), above_per_image(hist_true[:, c], t),
+                              hist_true[:, c].sum(1), np.array([pp.min_area[c]]))[:, 0, 0]
         if pp.gate_threshold is not None and gate is not None:
             gated = gate[:, c] < pp.gate_threshold[c]
             dice = np.where(gated, (hist_true[:, c].sum(1) == 0).astype(np.float64), dice)

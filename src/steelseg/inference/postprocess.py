@@ -4,7 +4,9 @@ Per class c, in this order:
 
 1. gating: drop class c when the classifier's probability for c (or for "any defect") is below
    its gate threshold;
-2. pixel threshold: ``prob > pixel_threshold[c]``;
+2. pixel threshold: ``prob > pixel_threshold[c]``; with ``gate_scale[c]`` = s > 1 the threshold moves
+   with the classifier's probability p instead (Severstal 55th place, a soft gate):
+   ``t = t0 * s - t0 * (s - 1) * p``, t0 at p = 1 and s * t0 (at most 1: nothing) at p = 0;
 3. small components: remove connected components smaller than ``min_component[c]`` pixels;
 4. minimum area: drop the whole mask when fewer than ``min_area[c]`` pixels remain.
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["PostProcess", "apply", "apply_batch", "components", "remove_small_components"]
+__all__ = ["PostProcess", "apply", "apply_batch", "components", "pixel_thresholds", "remove_small_components"]
 
 
 @dataclass
@@ -34,6 +36,7 @@ class PostProcess:
     min_component: list[int] = field(default_factory=list)
     gate_threshold: list[float] | None = None  # per-class classifier gates; None = no gating
     gate_any: float | None = None  # gate on the classifier's "any defect" probability
+    gate_scale: list[float] | None = None  # per class s >= 1: classifier-scaled pixel thresholds; None or 1 = fixed
 
     def __post_init__(self) -> None:
         k = len(self.pixel_threshold)
@@ -54,6 +57,13 @@ class PostProcess:
             for v in getattr(self, name) or []:
                 if not _is_prob(v):
                     raise ValueError(f"{name}: {v!r} is not a probability in 0..1")
+        if self.gate_scale is not None:
+            if len(self.gate_scale) != k:
+                raise ValueError(f"gate_scale has {len(self.gate_scale)} values for {k} classes")
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 1
+                   for v in self.gate_scale):
+                raise ValueError(f"gate_scale: {self.gate_scale}; each a number >= 1 (1 = the fixed threshold)")
+            self.gate_scale = [float(v) for v in self.gate_scale]
         if self.gate_any is not None and not _is_prob(self.gate_any):
             raise ValueError(f"gate_any: {self.gate_any!r} is not a probability in 0..1 (or null)")
 
@@ -106,6 +116,16 @@ def components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
     return [tuple(int(v) for v in stats[i, :5]) for i in range(1, n)]
 
 
+def pixel_thresholds(pp: PostProcess, c: int, gate_probs: np.ndarray | float | None = None) -> np.ndarray:
+    """Class ``c``'s pixel threshold for each image whose classifier probability is in ``gate_probs``:
+    ``t0 * (s - (s - 1) * p)`` clipped to 1 with ``gate_scale[c]`` = s, else t0."""
+    t0 = pp.pixel_threshold[c]
+    s = 1.0 if pp.gate_scale is None else pp.gate_scale[c]
+    if gate_probs is None or s == 1.0:
+        return np.full(np.shape(gate_probs) if gate_probs is not None else (), t0, np.float64)
+    return np.minimum(t0 * (s - (s - 1.0) * np.asarray(gate_probs, np.float64)), 1.0)
+
+
 def apply(probs: np.ndarray, pp: PostProcess, gate_probs: np.ndarray | None = None,
           gate_any_prob: float | None = None) -> np.ndarray:
     """(H, W, C) probabilities -> (H, W, C) uint8 masks. ``gate_probs`` is (C,) from a classifier."""
@@ -117,7 +137,8 @@ def apply(probs: np.ndarray, pp: PostProcess, gate_probs: np.ndarray | None = No
     for c in range(pp.num_classes):
         if pp.gate_threshold is not None and gate_probs is not None and gate_probs[c] < pp.gate_threshold[c]:
             continue
-        m = (probs[..., c] > pp.pixel_threshold[c]).astype(np.uint8)
+        t = float(pixel_thresholds(pp, c, None if gate_probs is None else gate_probs[c]))
+        m = (probs[..., c] > t).astype(np.uint8)
         m = remove_small_components(m, pp.min_component[c])
         if int(m.sum()) >= max(pp.min_area[c], 1):
             out[..., c] = m

@@ -17,8 +17,9 @@ import numpy as np
 from steelseg.inference.postprocess import PostProcess
 from steelseg.metrics import dice_from_counts
 
-__all__ = ["TuneReport", "detected_from_histograms", "detected_images", "dice_grid", "tune_min_component", "tune_postprocess", "THRESHOLDS",
-           "AREA_FRACTIONS", "GATES"]
+__all__ = ["AREA_FRACTIONS", "GATES", "SCALES", "THRESHOLDS", "TuneReport", "above_per_image", "detected_from_histograms",
+           "detected_images", "dice_grid", "image_thresholds", "tune_min_component", "tune_postprocess",
+           "with_min_area"]
 
 THRESHOLDS = np.round(np.arange(0.20, 0.951, 0.05), 2)
 # Minimum areas as a share of the image (Severstal 1600x256: 0 ... ~8000 pixels).
@@ -34,13 +35,29 @@ def _above(hist: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return above[:, cut]
 
 
+def above_per_image(hist: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(N, X) pixels predicted from (N, 256) histograms at per-image thresholds (N, X): ``q > t * 255``;
+    a threshold of 1 predicts nothing."""
+    above = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]
+    above = np.concatenate([above, np.zeros((above.shape[0], 1), above.dtype)], axis=1)  # cut 256: none
+    cut = np.clip(np.floor(np.asarray(thresholds) * LEVELS).astype(int) + 1, 0, LEVELS + 1)
+    return np.take_along_axis(above, cut, axis=1)
+
+
+def image_thresholds(pp: PostProcess, c: int, n: int, gate: np.ndarray | None) -> np.ndarray:
+    """(N,) class ``c`` pixel threshold of each image (classifier-scaled where ``pp.gate_scale`` says)."""
+    from steelseg.inference.postprocess import pixel_thresholds
+
+    return np.broadcast_to(pixel_thresholds(pp, c, None if gate is None else gate[:, c]), (n,)).astype(np.float64)
+
+
 def dice_grid(hist_all: np.ndarray, hist_true: np.ndarray, thresholds: np.ndarray,
               min_areas: np.ndarray) -> np.ndarray:
     """Per-image Dice (N, T, A) for one class from (N, 256) histograms of quantised probabilities.
 
     A pixel is predicted when ``q > threshold * 255``; a mask below its minimum area is dropped.
     """
-    return _with_min_area(_above(hist_all, thresholds), _above(hist_true, thresholds), hist_true.sum(axis=1),
+    return with_min_area(_above(hist_all, thresholds), _above(hist_true, thresholds), hist_true.sum(axis=1),
                           min_areas)
 
 
@@ -54,7 +71,7 @@ def _recall_ok(detected: np.ndarray, defective: np.ndarray, min_recall: float | 
     return ok if ok.any() else np.isclose(recall, recall.max())
 
 
-def _with_min_area(pred_area: np.ndarray, inter: np.ndarray, true_area: np.ndarray,
+def with_min_area(pred_area: np.ndarray, inter: np.ndarray, true_area: np.ndarray,
                    min_areas: np.ndarray) -> np.ndarray:
     """Per-image Dice (N, X, A) from (N, X) predicted areas and intersections and (N,) true areas,
     for each minimum area: a mask below it is dropped and the pair scores as an empty prediction."""
@@ -62,6 +79,25 @@ def _with_min_area(pred_area: np.ndarray, inter: np.ndarray, true_area: np.ndarr
     empty_score = (np.asarray(true_area) == 0).astype(np.float64)[:, None, None]
     keep = pred_area[..., None] >= np.maximum(min_areas, 1)[None, None, :]
     return np.where(keep, dice[..., None], empty_score)
+
+
+SCALES = np.array([1.5, 2.0, 3.0, 5.0, 8.0])  # classifier-scaled thresholds: s (55th place used 5)
+
+
+def _scaled_best(hist_all: np.ndarray, hist_true: np.ndarray, gate: np.ndarray, thresholds: np.ndarray,
+                 min_areas: np.ndarray, min_recall: float | None) -> tuple[float, float, float, int]:
+    """Best (mean Dice, t0, s, min area) of one class under thresholds ``t0 * (s - (s - 1) * p)``."""
+    n = hist_all.shape[0]
+    t = np.minimum(thresholds[None, :, None] * (SCALES[None, None, :] - (SCALES - 1)[None, None, :]
+                                                * gate[:, None, None]), 1.0)  # (N, T, S)
+    flat = t.reshape(n, -1)
+    pred, inter = above_per_image(hist_all, flat), above_per_image(hist_true, flat)
+    grid = with_min_area(pred, inter, hist_true.sum(axis=1), min_areas)  # (N, T*S, A)
+    detected = pred[..., None] >= np.maximum(min_areas, 1)
+    scores = np.where(_recall_ok(detected, hist_true.sum(1) > 0, min_recall), grid.mean(0), -np.inf)
+    x, a = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    ti, si = np.unravel_index(int(x), (thresholds.size, SCALES.size))
+    return float(scores[x, a]), float(thresholds[ti]), float(SCALES[si]), int(min_areas[a])
 
 
 @dataclass
@@ -84,6 +120,8 @@ class TuneReport:
                  f"{'min comp':>10}{'gate':>7}"]
         for c, name in enumerate(class_names):
             gate = "-" if pp.gate_threshold is None else f"{pp.gate_threshold[c]:.2f}"
+            if pp.gate_scale is not None and pp.gate_scale[c] > 1:  # classifier-scaled threshold instead
+                gate = f"x{pp.gate_scale[c]:g}"
             lines.append(f"{name:<14}{self.before[c]:>12.4f}{self.after[c]:>12.4f}{pp.pixel_threshold[c]:>11.2f}"
                          f"{pp.min_area[c]:>10d}{pp.min_component[c]:>10d}{gate:>7}")
         lines.append(f"{'mean':<14}{self.mean_before:>12.4f}{self.mean_after:>12.4f}")
@@ -93,7 +131,7 @@ class TuneReport:
 def tune_postprocess(hist_all: np.ndarray, hist_true: np.ndarray, image_pixels: int,
                      gate: np.ndarray | None = None, thresholds: np.ndarray = THRESHOLDS,
                      area_fractions: np.ndarray = AREA_FRACTIONS, gates: np.ndarray = GATES,
-                     min_recall: float | None = None) -> TuneReport:
+                     min_recall: float | None = None, scaled: bool = True) -> TuneReport:
     """Best per-class threshold, minimum area (and gate) for Kaggle mean Dice.
 
     ``hist_all`` / ``hist_true`` are (N, C, 256); ``gate`` is (N, C) classifier probabilities.
@@ -101,6 +139,8 @@ def tune_postprocess(hist_all: np.ndarray, hist_true: np.ndarray, image_pixels: 
     these predictions is never worse than the default. ``min_recall`` (e.g. 1.0: a missed crack
     costs more than a second look) keeps only settings under which at least that share of the
     defective images of each class still get a mask; where none does, those of the highest recall.
+    With a classifier (``gate``) and ``scaled``, each class also tries classifier-scaled thresholds
+    (``t0 * (s - (s - 1) * p)``, s in :data:`SCALES`) instead of the hard gate and keeps the better.
     """
     n, k, _ = hist_all.shape
     thresholds = np.union1d(thresholds, [0.5])
@@ -108,7 +148,7 @@ def tune_postprocess(hist_all: np.ndarray, hist_true: np.ndarray, image_pixels: 
     min_areas = np.union1d(min_areas, [0])
     gates_grid = np.union1d(gates, [0.0]) if gate is not None else np.array([0.0])
     i_half = int(np.flatnonzero(np.isclose(thresholds, 0.5))[0])
-    chosen_t, chosen_a, chosen_g, before, after = [], [], [], [], []
+    chosen_t, chosen_a, chosen_g, chosen_s, before, after = [], [], [], [], [], []
     for c in range(k):
         grid = dice_grid(hist_all[:, c], hist_true[:, c], thresholds, min_areas)  # (N, T, A)
         before.append(float(grid[:, i_half, 0].mean()))
@@ -126,14 +166,23 @@ def tune_postprocess(hist_all: np.ndarray, hist_true: np.ndarray, image_pixels: 
         best = scores.max()
         cand = np.argwhere(np.isclose(scores, best, rtol=0, atol=1e-12))
         t, a, g = min(cand.tolist(), key=lambda x: (x[2], x[1], abs(thresholds[x[0]] - 0.5)))
-        chosen_t.append(float(thresholds[t]))
-        chosen_a.append(int(min_areas[a]))
-        chosen_g.append(float(gates_grid[g]))
-        after.append(float(scores[t, a, g]))
+        best_t, best_a, best_g, best_s, best = float(thresholds[t]), int(min_areas[a]), float(gates_grid[g]), 1.0, \
+            float(scores[t, a, g])
+        if gate is not None and scaled:  # the soft gate, kept only where it beats the hard one
+            d, t0, sc, area = _scaled_best(hist_all[:, c], hist_true[:, c], gate[:, c], thresholds, min_areas,
+                                           min_recall)
+            if d > best + 1e-12:
+                best_t, best_a, best_g, best_s, best = t0, area, 0.0, sc, d
+        chosen_t.append(best_t)
+        chosen_a.append(best_a)
+        chosen_g.append(best_g)
+        chosen_s.append(best_s)
+        after.append(best)
     # Where every class is gated at >= g, an image whose classifier probabilities all stay below g
     # loses every class anyway: the pipeline then skips its segmentation (same result, less work).
     gate_any = min(chosen_g) if gate is not None and min(chosen_g) > 0 else None
-    pp = PostProcess(chosen_t, chosen_a, [0] * k, chosen_g if gate is not None else None, gate_any)
+    pp = PostProcess(chosen_t, chosen_a, [0] * k, chosen_g if gate is not None else None, gate_any,
+                     chosen_s if gate is not None and scaled else None)
     return TuneReport(before, after, pp)
 
 
@@ -161,12 +210,12 @@ def tune_min_component(probs_q: np.ndarray, true: np.ndarray, pp: PostProcess, g
     out = replace(pp, min_area=list(pp.min_area), min_component=list(pp.min_component))
     scores = []
     for c in range(k):
-        cut = int(np.floor(pp.pixel_threshold[c] * LEVELS))
+        cuts = np.floor(image_thresholds(pp, c, n, gate) * LEVELS).astype(int)  # per image (classifier-scaled)
         pred_area = np.zeros((n, sizes.size))
         inter = np.zeros((n, sizes.size))
         true_area = true[..., c].reshape(n, -1).sum(1).astype(np.float64)
         for i in range(n):
-            m = (probs_q[i, ..., c] > cut).astype(np.uint8)
+            m = (probs_q[i, ..., c] > cuts[i]).astype(np.uint8)
             if not m.any():
                 continue
             count, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
@@ -175,7 +224,7 @@ def tune_min_component(probs_q: np.ndarray, true: np.ndarray, pp: PostProcess, g
             keep = area[None, :] >= sizes[:, None]  # (S, components)
             pred_area[i] = keep @ area
             inter[i] = keep @ hit
-        grid = _with_min_area(pred_area, inter, true_area, min_areas)  # (N, S, A)
+        grid = with_min_area(pred_area, inter, true_area, min_areas)  # (N, S, A)
         gated = np.zeros(n, bool)
         if pp.gate_threshold is not None and gate is not None:  # gated images score as empty
             gated = gate[:, c] < pp.gate_threshold[c]
@@ -204,7 +253,7 @@ def detected_from_histograms(hist_all: np.ndarray, pp: PostProcess, gate: np.nda
     n, k, _ = hist_all.shape
     out = np.zeros((n, k), bool)
     for c in range(k):
-        area = _above(hist_all[:, c], np.array([pp.pixel_threshold[c]]))[:, 0]
+        area = above_per_image(hist_all[:, c], image_thresholds(pp, c, n, gate)[:, None])[:, 0]
         out[:, c] = area >= max(pp.min_area[c], 1)
         if pp.gate_threshold is not None and gate is not None:
             out[:, c] &= gate[:, c] >= pp.gate_threshold[c]

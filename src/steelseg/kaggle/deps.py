@@ -169,9 +169,12 @@ def build_steelseg_wheel(dest: Path) -> Wheel:
     """steelseg itself as a wheel (pure Python), from the source checkout this package runs from."""
     root = _project_root()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                               "--disable-pip-version-check", "-q", "-w", tmp, str(root)],
-                              capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", "-w", tmp,
+               str(root)]
+        # with this environment's setuptools first (offline); with pip's isolated build when that is too old
+        proc = subprocess.run([*cmd[:5], "--no-build-isolation", *cmd[5:]], capture_output=True, text=True)
+        if proc.returncode != 0:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
         built = list(Path(tmp).glob("steelseg-*.whl"))
         if proc.returncode != 0 or not built:
             raise SteelsegError(f"building the steelseg wheel failed: {proc.stderr.strip()[-500:]}")
