@@ -62,3 +62,16 @@ def test_labels_from_masks() -> None:
     m[0, 0, 1] = 1
     m[1, 1, 2] = 1
     assert metrics.labels_from_masks(m).tolist() == [[2, 0], [0, 3]]
+
+
+def test_monitor_key_breaks_ties_on_a_saturated_score():
+    from steelseg.metrics import monitor_key
+
+    epochs = [{"val/ap": 1.0, "val/dice": 0.69}, {"val/ap": 0.98, "val/dice": 0.95}, {"val/ap": 1.0, "val/dice": 0.96},
+              {"val/ap": 1.0, "val/dice": 0.96}]
+    best = max(range(4), key=lambda i: monitor_key(epochs[i], "val/ap,val/dice"))
+    assert best == 2  # AP first, then Dice; a later tie keeps the earlier epoch
+    assert max(range(4), key=lambda i: monitor_key(epochs[i], "val/ap")) == 0  # one name: the first 1.0 wins
+    assert monitor_key({"val/loss": 0.3}, "val/loss") > monitor_key({"val/loss": 0.4}, "val/loss")  # lower is better
+    assert monitor_key({"val/dice": 0.9}, "val/ap,val/dice") is None  # the first is missing: not eligible
+    assert monitor_key({"val/ap": "0.9", "val/dice": ""}, "val/ap, val/dice") == (0.9, float("-inf"))  # CSV strings

@@ -506,3 +506,19 @@ def test_ema_update_warms_up_its_decay() -> None:
     count = [torch.tensor(5)]
     _ema_update(count, [torch.tensor(9)], 3, decay=0.998)
     assert int(count[0]) == 9
+
+
+def test_a_composite_monitor_keeps_the_epoch_the_runs_table_shows(synth_small, tmp_path) -> None:
+    """train.monitor "val/ap,val/dice": the best epoch is the one of the highest AP, ties broken by Dice;
+    model.json, `steelseg runs` and metrics.csv agree on it."""
+    from steelseg.metrics import monitor_key
+    from steelseg.reports.runs import run_row
+
+    result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "train.epochs=3", "train.limit_train_batches=2",
+                          "train.monitor=val/ap,val/dice"))
+    rows = read_metrics(result.run_dir)
+    want = max(range(len(rows)), key=lambda i: monitor_key(rows[i], "val/ap,val/dice"))
+    meta = json.loads((result.run_dir / "model" / "model.json").read_text())
+    assert meta["best"]["epoch"] == int(rows[want]["epoch"]) == result.best_epoch
+    assert meta["best"]["monitor"] == "val/ap,val/dice" and result.best == pytest.approx(float(rows[want]["val/ap"]))
+    assert run_row(result.run_dir)["best_epoch"] == int(rows[want]["epoch"]) + 1

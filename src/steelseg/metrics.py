@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "monitor_key",
     "DetectionCounts",
     "average_precision",
     "detection_counts",
@@ -189,3 +190,26 @@ def detection_counts(predicted: np.ndarray, true: np.ndarray) -> DetectionCounts
     return DetectionCounts(int(true.sum()), int((~true).sum()), int((true & ~predicted).sum()),
                            int((~true & predicted).sum()))
 
+
+
+def monitor_key(values: dict, monitor: str) -> tuple[float, ...] | None:
+    """Sort key of one epoch's validation ``values`` under ``train.monitor``: one name (``val/dice``) or
+    several, comma-separated (``val/ap,val/dice``: ties on the first broken by the next; a saturated
+    score such as an image AP of 1.0 then no longer keeps the first epoch that reached it). Higher is
+    better, except for names ending in ``loss``. None when the first value is missing or not finite;
+    a later one missing counts as the worst."""
+    key = []
+    for i, name in enumerate(n.strip() for n in monitor.split(",")):
+        v = values.get(name)
+        try:
+            v = float(v) if v not in (None, "") else float("nan")
+        except (TypeError, ValueError):
+            v = float("nan")
+        if not np.isfinite(v):
+            if i == 0:
+                return None
+            v = -np.inf
+        else:
+            v = -v if name.endswith("loss") else v
+        key.append(v)
+    return tuple(key)

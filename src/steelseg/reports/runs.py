@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from steelseg.errors import DataError
+from steelseg.metrics import monitor_key
 from steelseg.schema import load_yaml
 
 __all__ = ["COLUMNS", "compare", "find_runs", "read_metrics", "read_run_config", "run_row", "to_markdown"]
@@ -72,8 +73,8 @@ def run_row(run: Path, cfg: dict[str, Any] | None = None, metrics: list[dict[str
     data, model, train = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
     rows = read_metrics(run / "metrics.csv") if metrics is None else metrics
     monitor = train.get("monitor") or ("val/dice" if model.get("task", "segment") == "segment" else "val/auc")
-    best = max(rows, key=lambda r: _num(r.get(monitor)) if _num(r.get(monitor)) is not None else -math.inf,
-               default=None)
+    keyed = [(k, r) for r in rows if (k := monitor_key(r, monitor)) is not None]  # the run's own rule
+    best = max(keyed, key=lambda kr: kr[0])[1] if keyed else None
     seconds = sum(_num(r.get("seconds")) or 0.0 for r in rows)
     steps = int(_num(rows[-1].get("step")) or 0) if rows else 0
     batch = int(data.get("batch_size") or 0) * int(train.get("accumulate") or 1)

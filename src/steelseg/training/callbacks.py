@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from torch import nn
 
 from steelseg.fsutil import atomic_write
+from steelseg.metrics import monitor_key
 from steelseg.models.checkpoint import save_weights, write_model_json
 from steelseg.schema import ModelMeta
 
@@ -65,16 +66,22 @@ class RunRecorder(Callback):
 
     def __init__(self, run_dir: Path, meta: ModelMeta, monitor: str, mode: str) -> None:
         self.run_dir, self.meta, self.monitor, self.mode = run_dir, meta, monitor, mode
-        self.best: float | None = None
+        self.best: float | None = None  # the first monitored value of the best epoch
         self.best_epoch: int | None = None
+        self._best_key: tuple[float, ...] | None = None  # metrics.monitor_key of the best epoch
         self._t0 = time.time()
 
     def state_dict(self) -> dict[str, Any]:
         # The best epoch's record travels in the resume checkpoint: a resumed run keeps it in model.json.
-        return {"best": self.best, "best_epoch": self.best_epoch, "best_record": json.dumps(self.meta.best)}
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_record": json.dumps(self.meta.best),
+                "best_key": None if self._best_key is None else list(self._best_key)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+        if state.get("best_key") is not None:
+            self._best_key = tuple(state["best_key"])
+        elif self.best is not None:  # a checkpoint from before monitor keys: one monitored value
+            self._best_key = (self.best if self.mode == "max" else -self.best,)
         if state.get("best_record"):
             self.meta.best = json.loads(state["best_record"])
 
@@ -93,12 +100,13 @@ class RunRecorder(Callback):
         row.update({k: round(v, 6) for k, v in sorted(m.items()) if k.startswith(("train/", "val/"))
                     and not k.endswith("_step")})
         _append_csv(self.run_dir / "metrics.csv", row)
-        score = m.get(self.monitor)
+        key = monitor_key(m, self.monitor)  # "val/ap,val/dice": ties on the first broken by the next
+        score = m.get(self.monitor.split(",")[0].strip())
         # Scores from a train.low_res_scale phase are logged but belong to another input_scale than the
         # one model.json records: not eligible as the best model.
-        if score is not None and np.isfinite(score) and getattr(pl_module, "at_final_scale", True):
-            better = self.best is None or (score > self.best if self.mode == "max" else score < self.best)
-            if better:
+        if key is not None and getattr(pl_module, "at_final_scale", True):
+            if self._best_key is None or key > self._best_key:
+                self._best_key = key
                 self.best, self.best_epoch = score, trainer.current_epoch
                 model_dir = self.run_dir / "model"
                 save_weights(_saved_model(trainer, pl_module), model_dir / "best.safetensors")

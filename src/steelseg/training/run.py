@@ -171,7 +171,8 @@ def _open_run(cfg: RunConfig, resume: str | Path | None) -> tuple[Path, Path]:
 def _monitor(cfg: RunConfig) -> tuple[str, str]:
     """The validation metric that picks the best model and whether higher is better."""
     monitor = cfg.train.monitor or ("val/dice" if cfg.model.task == "segment" else "val/auc")
-    return monitor, "min" if monitor.endswith("loss") else "max"
+    first = monitor.split(",")[0].strip()  # "val/ap,val/dice": the first decides, the next break ties
+    return monitor, "min" if first.endswith("loss") else "max"
 
 
 def _callbacks(cfg: RunConfig, run_dir: Path, meta: ModelMeta, progress: bool, extra: list[Callback]) -> list[Any]:
@@ -190,7 +191,7 @@ def _callbacks(cfg: RunConfig, run_dir: Path, meta: ModelMeta, progress: bool, e
     if t.ema:
         callbacks.append(EmaWeights(decay=t.ema))
     if t.early_stopping:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=t.early_stopping))
+        callbacks.append(EarlyStopping(monitor=monitor.split(",")[0].strip(), mode=mode, patience=t.early_stopping))
     return callbacks
 
 
