@@ -223,9 +223,9 @@ def predict_submission(inputs: Inputs, sample: Sample, plan: Plan, device: str, 
     predictor = Predictor.from_bundle(inputs.bundle, device=device, tta=plan.tta)
     class_ids = {c: c - 1 for c in range(1, predictor.num_classes + 1)}  # ClassId c = the bundle's class c
     listed = sorted({c for _, c in sample.rows if c is not None})
-    if listed and max(listed) > predictor.num_classes:
-        raise DataError(f"sample_submission.csv lists ClassId up to {max(listed)}, but the bundle has "
-                        f"{predictor.num_classes} classes ({', '.join(predictor.class_names)})")
+    if listed and (max(listed) > predictor.num_classes or min(listed) < 1):
+        raise DataError(f"sample_submission.csv lists ClassId {min(listed)}-{max(listed)}, but the bundle has "
+                        f"classes 1-{predictor.num_classes} ({', '.join(predictor.class_names)})")
     paths = [inputs.test_images / i for i in sample.images]
     absent = [p.name for p in paths if not p.is_file()]
     if absent:
