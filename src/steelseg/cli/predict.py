@@ -57,6 +57,12 @@ def _saved_matches(prev: dict, args: argparse.Namespace) -> bool:
             and (prev.get("postprocess") or {}).get("gate_any") is None)
 
 
+def _check_min_recall(value: float | None) -> None:
+    """tune and cv-tune: --min-recall is a share in (0, 1]."""
+    if value is not None and not 0 < value <= 1:
+        raise SteelsegError(f"--min-recall {value}: a share in (0, 1], e.g. 1.0 to miss no defective image")
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -65,8 +71,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from steelseg.inference.evaluation import evaluate, load_predictions
     from steelseg.inference.tune import tune_min_component, tune_postprocess
 
-    if args.min_recall is not None and not 0 < args.min_recall <= 1:
-        raise SteelsegError(f"--min-recall {args.min_recall}: a share in (0, 1], e.g. 1.0 to miss no defective image")
+    _check_min_recall(args.min_recall)
     refuse_existing(args.out, args.overwrite, "bundle")  # before minutes of prediction, not after
     eval_dir = Path(args.eval_dir or Path(args.runs[0]) / f"eval-{args.split}")
     meta_path = eval_dir / "metrics.json"
@@ -139,8 +144,7 @@ def cmd_cv_tune(args: argparse.Namespace) -> int:
     from steelseg.inference.crosstune import cross_tune, split_by_group
     from steelseg.inference.evaluation import load_predictions
 
-    if args.min_recall is not None and not 0 < args.min_recall <= 1:
-        raise SteelsegError(f"--min-recall {args.min_recall}: a share in (0, 1], e.g. 1.0 to miss no defective image")
+    _check_min_recall(args.min_recall)
     preds = [load_predictions(d) for d in args.eval_dirs]
     names = [str(d) for d in args.eval_dirs]
     if args.inner:  # each model on its own validation images, split into parts of whole groups
