@@ -25,7 +25,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     ds = open_data(args, sys.stderr.isatty())
     s = ds.summary()
     if args.json:
-        print(json.dumps(s, indent=2))
+        from steelseg.data.reviews import summarize
+
+        reviews = summarize(ds.root, ds.class_names)
+        print(json.dumps(s if reviews is None else {**s, "reviews": reviews}, indent=2))
         return 0
     print(f"dataset     {s['root']} ({s['layout']} layout)")
     print(f"why         {s['reason']}")
@@ -50,7 +53,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = [(c["id"], c["name"], c["images"], f"{100 * c['images'] / max(s['images'], 1):.1f}%",
              f"{100 * c['pixel_share']:.3f}%") for c in s["classes"]]
     print(table(["id", "class", "images", "image share", "pixel share"], rows))
+    _print_reviews(ds.root, ds.class_names)
     return 0
+
+
+def _print_reviews(root: Path, class_names: list[str]) -> None:
+    """What reviewers changed, when the folder is a feedback folder of `steelseg serve` (reviews.jsonl)."""
+    from steelseg.data.reviews import summarize
+
+    r = summarize(root, class_names)
+    if r is None:
+        return
+    print(f"\nreviews     {r['reviews']} ({r['stored']['train']} to train, {r['stored']['needs_masks']} need masks) "
+          f"by {', '.join(r['reviewers'])}; bundles {', '.join(r['bundles'])}")
+    rows = [(c["name"], c["right"], c["wrong"], c["corrected"], c["drawn"], c["missed"] - c["drawn"], c["absent"],
+             "-" if c["dice_model_vs_final"] is None else f"{c['dice_model_vs_final']:.3f} ({c['with_defect']})")
+            for c in r["classes"]]
+    print(table(["class", "kept", "rejected", "corrected", "drawn", "undrawn", "absent",
+                 "Dice model vs final (images)"], rows))
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -24,10 +24,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.max_queue < 1 or args.body_timeout <= 0 or args.shutdown_timeout < 0:
         raise SteelsegError("--max-queue must be >= 1, --body-timeout > 0 and --shutdown-timeout >= 0")
+    feedback = args.feedback
+    if args.queue and not feedback:
+        feedback = args.queue / "reviewed"
+        print(f"reviewed images go to {feedback} (choose another folder with --feedback)", flush=True)
+    if args.queue and not args.queue.is_dir():
+        raise SteelsegError(f"--queue {args.queue}: no such folder; create it and put line images in it "
+                            "(or upload them on the review page)")
     cfg = ServeConfig(str(args.bundle), args.api_key or os.environ.get("STEELSEG_API_KEY"),
-                      str(args.feedback) if args.feedback else None, args.max_batch, args.max_mb * 1024 * 1024,
-                      backend=args.backend, threads=args.threads, max_queue=args.max_queue,
-                      body_timeout=args.body_timeout, shutdown_timeout=args.shutdown_timeout)
+                      str(feedback) if feedback else None, queue=str(args.queue) if args.queue else None,
+                      queue_random_every=args.queue_random_every, max_batch=args.max_batch,
+                      max_bytes=args.max_mb * 1024 * 1024, backend=args.backend, threads=args.threads,
+                      max_queue=args.max_queue, body_timeout=args.body_timeout,
+                      shutdown_timeout=args.shutdown_timeout)
     print(f"serving {args.bundle} on http://{args.host}:{args.port} (review page /, API docs /docs)", flush=True)
     run(cfg, args.host, args.port, args.workers)
     return 0
@@ -40,6 +49,7 @@ def register(sub: Any) -> None:
                                    "/v1/feedback; GET /health, /ready, /v1/model, /metrics (Prometheus), /docs "
                                    "(OpenAPI) and the review page at /. Binds to 127.0.0.1 unless told otherwise.",
                        epilog="examples:\n  steelseg serve bundles/seg-int8 --feedback data/feedback\n"
+                              "  steelseg serve bundles/seg --queue line/today --feedback data/feedback\n"
                               "  STEELSEG_API_KEY=secret steelseg serve bundles/seg --host 0.0.0.0 --workers 2\n"
                               "  curl -F file=@strip.jpg -H 'X-API-Key: secret' http://127.0.0.1:8000/v1/predict",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +60,11 @@ def register(sub: Any) -> None:
     p.add_argument("--api-key", default=None, help="require this key (X-API-Key header) on /v1/* and /metrics; "
                    "or set $STEELSEG_API_KEY")
     p.add_argument("--feedback", type=Path, default=None, help="append reviewed images to this Kaggle-layout folder")
+    p.add_argument("--queue", type=Path, default=None, help="review queue: the page shows the images of this folder "
+                   "(and uploads) least certain first, with why each is there; reviewed ones go to --feedback "
+                   "(default QUEUE/reviewed)")
+    p.add_argument("--queue-random-every", type=int, default=10, help="every Nth place of the queue is an image "
+                   "drawn at random, so reviewers also see confident ones (default 10; 0: none)")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one batch request (default 16)")
     p.add_argument("--max-mb", type=int, default=32, help="largest image in MB (default 32); a request body may "
                    "hold --max-batch of them, counted while it streams in")

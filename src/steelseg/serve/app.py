@@ -6,8 +6,11 @@ Routes (``/v1/*``, feedback and ``/metrics`` need the API key when one is set):
 * ``POST /v1/predict``: one image (multipart field ``file``, or the raw image as the body) -> per
   class its name, presence, classifier score, area, component boxes and Kaggle RLE mask.
 * ``POST /v1/predict/batch``: several images (multipart field ``files``), up to ``max_batch``.
-* ``POST /v1/feedback``: the image again with a person's verdict per class; accepted masks are
-  appended to the feedback folder (``train_images/`` + ``train.csv``).
+* ``POST /v1/feedback``: the image again with a person's verdict per class and, from the page's mask
+  editor, the corrected masks (Kaggle RLE); the final masks are appended to the feedback folder
+  (``train_images/`` + ``train.csv``, the model's and the final masks in ``reviews.jsonl``).
+* ``GET /v1/queue``, ``GET /v1/queue/{id}``, ``POST /v1/queue``: with ``--queue DIR``, the images to
+  review, least certain first (:mod:`steelseg.serve.queue`).
 * ``GET /health``, ``/ready``, ``/v1/model``, ``/metrics`` (Prometheus), ``/docs`` (OpenAPI), ``/``.
 
 Every bad request is a 4xx JSON ``{"error": ...}``; a failed request leaves the worker healthy. Bodies
@@ -32,6 +35,7 @@ from steelseg.serve.routes import (
     add_info_routes,
     add_middleware,
     add_predict_routes,
+    add_queue_routes,
 )
 from steelseg.serve.service import ServeConfig, Service
 
@@ -49,6 +53,7 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
     add_middleware(app, svc, cfg)
     add_predict_routes(app, svc, cfg)
     add_feedback_route(app, svc)
+    add_queue_routes(app, svc)
     add_info_routes(app, svc, cfg)
     app.add_middleware(Guard, limits=GuardLimits(cfg.body_limit, cfg.body_timeout, cfg.max_queue))  # outermost
     return app

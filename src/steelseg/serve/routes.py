@@ -20,11 +20,12 @@ from steelseg.serve.guard import REFUSED
 from steelseg.serve.service import ApiError, ServeConfig, Service
 
 __all__ = ["ROUTES", "add_error_handlers", "add_feedback_route", "add_info_routes", "add_middleware",
-           "add_predict_routes"]
+           "add_predict_routes", "add_queue_routes"]
 
 STATIC = Path(__file__).with_name("static")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/tiff", "image/x-ms-bmp", "application/octet-stream")
-ROUTES = {"/v1/predict", "/v1/predict/batch", "/v1/feedback", "/v1/model", "/health", "/ready", "/metrics", "/"}
+ROUTES = {"/v1/predict", "/v1/predict/batch", "/v1/feedback", "/v1/queue", "/v1/model", "/health", "/ready", "/metrics",
+          "/"}
 
 
 def _same(a: str, b: str) -> bool:
@@ -73,7 +74,8 @@ def add_middleware(app: FastAPI, svc: Service, cfg: ServeConfig) -> None:
     @app.middleware("http")
     async def _observe(request: Request, call_next: Any) -> Any:
         t0 = time.perf_counter()
-        route = request.url.path if request.url.path in ROUTES else "other"
+        path = request.url.path
+        route = path if path in ROUTES else "/v1/queue" if path.startswith("/v1/queue/") else "other"
         if (route.startswith("/v1/") or route == "/metrics") and cfg.api_key:  # metrics count defects per class
             given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
                 "Bearer ").strip()
@@ -134,33 +136,85 @@ def add_predict_routes(app: FastAPI, svc: Service, cfg: ServeConfig) -> None:
         return JSONResponse({"results": await run_in_threadpool(_predict_items, svc, items)})
 
 
-def _record_feedback(svc: Service, data: bytes, name: str, raw: str) -> dict[str, Any]:
+def _record_feedback(svc: Service, data: bytes, name: str, fields: dict[str, str | None]) -> dict[str, Any]:
     assert svc.feedback is not None
     image = svc.decode(data, name)
-    verdicts = svc.feedback.parse(raw)
+    verdicts = svc.feedback.parse(fields["verdicts"] or "")
+    drawn = None if fields.get("masks") is None else svc.feedback.parse_masks(fields["masks"] or "", image.shape[:2])
     pred = svc.predict([image])[0]  # the same prediction the person saw (deterministic)
-    result = svc.feedback.add(data, name, pred.masks, verdicts)
+    result = svc.feedback.add(data, name, pred.masks, verdicts, drawn, fields.get("reviewer"))
     for cname, v in verdicts.items():
         svc.metrics.feedback.labels(cname, v).inc()
+    if svc.queue is not None:
+        svc.queue.mark_sent(data, result["stored"])
     return result
 
 
 def add_feedback_route(app: FastAPI, svc: Service) -> None:
-    @app.post("/v1/feedback", summary="A person's verdict on a prediction; appended to the feedback folder")
+    @app.post("/v1/feedback", summary="A person's verdicts (and corrected masks) on a prediction; appended to the "
+              "feedback folder")
     async def feedback(request: Request) -> JSONResponse:
         if svc.feedback is None:
             raise ApiError(404, "feedback is off; start the service with --feedback DIR")
         if _content_type(request) != "multipart/form-data":
-            raise ApiError(415, "send multipart/form-data with 'file' (the image) and 'verdicts' (JSON)")
+            raise ApiError(415, "send multipart/form-data with 'file' (the image), 'verdicts' (JSON) and optionally "
+                                "'masks' (JSON of Kaggle RLE per class) and 'reviewer'")
         form = await request.form()
         upload, raw = form.get("file"), form.get("verdicts")
         if upload is None or isinstance(upload, str) or not isinstance(raw, str):
             raise ApiError(400, "feedback needs a 'file' field (the image) and a 'verdicts' field (JSON)")
+        fields: dict[str, str | None] = {"verdicts": raw}
+        for key in ("masks", "reviewer"):
+            value = form.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ApiError(400, f"'{key}' must be a text field")
+            fields[key] = value
         data, name = await upload.read(), upload.filename or "upload"
         try:
-            return JSONResponse(await run_in_threadpool(_record_feedback, svc, data, name, raw))
+            return JSONResponse(await run_in_threadpool(_record_feedback, svc, data, name, fields))
         except DataError as exc:
             raise ApiError(400, str(exc)) from None
+
+
+def _queue(svc: Service) -> Any:
+    if svc.queue is None:
+        raise ApiError(404, "no review queue; start the service with --queue DIR")
+    return svc.queue
+
+
+def _queue_state(svc: Service, budget_s: float) -> dict[str, Any]:
+    q = _queue(svc)
+    pending = q.refresh(budget_s)
+    return {"items": q.items(), "pending": pending, **q.summary()}
+
+
+def add_queue_routes(app: FastAPI, svc: Service) -> None:
+    @app.get("/v1/queue", summary="The review queue: unsent images, least certain first, with why each is there")
+    async def queue(budget_s: float = 2.0) -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(_queue_state, svc, min(max(budget_s, 0.0), 30.0)))
+
+    @app.get("/v1/queue/{item_id}", summary="One queued image's bytes, by its id")
+    def queue_image(item_id: str) -> FileResponse:
+        path = _queue(svc).path(item_id)
+        if path is None:
+            raise ApiError(404, f"no queued image {item_id!r}")
+        return FileResponse(path, filename=path.name)
+
+    @app.post("/v1/queue", summary="Add images to the review queue (multipart field 'files')")
+    async def queue_add(request: Request) -> JSONResponse:
+        q = _queue(svc)
+        if _content_type(request) != "multipart/form-data":
+            raise ApiError(415, "send multipart/form-data with one or more 'files' fields")
+        form = await request.form(max_files=svc.cfg.max_batch + 1)
+        uploads = [f for f in form.getlist("files") if not isinstance(f, str)]
+        if not uploads or len(uploads) > svc.cfg.max_batch:
+            raise ApiError(400 if not uploads else 413, f"send 1 to {svc.cfg.max_batch} 'files' fields")
+        ids = []
+        for u in uploads:
+            data, name = await u.read(), u.filename or "upload"
+            svc.decode(data, name)  # a broken image is refused here, not found later in the queue
+            ids.append(q.add(data, name))
+        return JSONResponse({"added": ids})
 
 
 def _model_info(svc: Service, cfg: ServeConfig) -> dict[str, Any]:
@@ -173,7 +227,7 @@ def _model_info(svc: Service, cfg: ServeConfig) -> dict[str, Any]:
                          "gate": None if pp is None or pp.gate_threshold is None else pp.gate_threshold[i]}
                         for i, n in enumerate(p.class_names)],
             "gate_any": None if pp is None else pp.gate_any, "segmenters": len(p.segmenters),
-            "classifiers": len(p.classifiers), "feedback": svc.feedback is not None,
+            "classifiers": len(p.classifiers), "feedback": svc.feedback is not None, "queue": svc.queue is not None,
             "api_key_required": bool(cfg.api_key), "limits": {"max_batch": cfg.max_batch,
                                                                "max_bytes": cfg.max_bytes,
                                                                "max_pixels": cfg.max_pixels}}

@@ -19,6 +19,7 @@ from steelseg.errors import DataError, SteelsegError
 from steelseg.inference import postprocess
 from steelseg.inference.bundle import read_bundle
 from steelseg.inference.predictor import Prediction, Predictor
+from steelseg.inference.uncertainty import Priority, image_priority
 
 __all__ = ["ApiError", "ServeConfig", "Service"]
 
@@ -29,6 +30,8 @@ class ServeConfig:
     bundle: str
     api_key: str | None = None
     feedback: str | None = None
+    queue: str | None = None  # folder of line images to review, least certain first (needs feedback)
+    queue_random_every: int = 10  # every Nth queue place is drawn at random (0: none)
     max_batch: int = 16
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = field(default_factory=max_pixels)
@@ -100,7 +103,20 @@ class Service:
         if cfg.feedback:
             from steelseg.serve.feedback import FeedbackWriter
 
-            self.feedback = FeedbackWriter(Path(cfg.feedback), self.predictor.class_names)
+            self.feedback = FeedbackWriter(Path(cfg.feedback), self.predictor.class_names, self.bundle_id)
+        self.queue = None
+        if cfg.queue:
+            if not cfg.feedback:
+                raise SteelsegError("--queue needs --feedback DIR: reviewed images are sent there")
+            from steelseg.serve.queue import ReviewQueue
+
+            self.queue = ReviewQueue(Path(cfg.queue), self.bundle_id, self.rate, cfg.queue_random_every)
+
+    def rate(self, data: bytes, name: str) -> Priority:
+        """How unsure the model is of one image (the review queue's order)."""
+        image = self.decode(data, name)
+        with self.lock:
+            return image_priority(self.predictor, image)
 
     def decode(self, data: bytes, name: str) -> np.ndarray:
         if not data:

@@ -31,6 +31,9 @@ class DataConfig:
     fold: int = 0
     train_split: str | None = None  # or the dataset's own split lists (e.g. NEU-Seg train / val)
     val_split: str | None = None
+    extra: list[str] = field(default_factory=list)  # further dataset folders (any layout, same classes) added
+    # to training: reviewed images (`steelseg serve --feedback`), pseudo-labels (`steelseg pseudo-label`)
+    extra_in_val: bool = False  # also validate on a fold of the extra images (default: they only train)
     channels: int = 1  # 1 = grayscale input, 3 = RGB (for ImageNet encoders as they come)
     mean: list[float] = field(default_factory=lambda: [0.449])
     std: list[float] = field(default_factory=lambda: [0.226])

@@ -15,14 +15,69 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from steelseg.data.augment import stream_seed, train_transform
+from steelseg.data.combine import ExtraSet, combine
 from steelseg.data.folds import fold_split, image_groups, make_folds, read_folds, write_folds
+from steelseg.data.open import open_dataset
 from steelseg.data.samples import SegmentationSamples
 from steelseg.data.table import DefectDataset
 from steelseg.errors import ConfigError
 from steelseg.machine import available_memory
 from steelseg.training.config import RunConfig
 
-__all__ = ["make_loaders", "resolve_split", "seed_worker", "split_groups"]
+__all__ = ["TrainingData", "add_extra", "make_loaders", "open_training_data", "resolve_split", "seed_worker",
+           "split_groups"]
+
+
+class TrainingData:
+    """The main dataset, the extra folders of ``data.extra``, and the two as one table."""
+
+    def __init__(self, main: DefectDataset, combined: DefectDataset, extras: list[tuple[ExtraSet, DefectDataset]]):
+        self.main, self.combined, self.extras = main, combined, extras
+        self.main_ids = set(main.image_ids)
+
+
+def open_training_data(cfg: RunConfig) -> TrainingData:
+    """``data.path`` and every ``data.extra`` folder, opened (a bad folder fails here, naming it)."""
+    d = cfg.data
+    main = open_dataset(d.path, d.class_names, layout=d.layout)
+    opened = []
+    for path in d.extra:
+        if not Path(path).exists():
+            raise ConfigError(f"data.extra: {path} does not exist")
+        opened.append((path, open_dataset(path, main.class_names if _unnamed(path) else None)))
+    combined, sets = combine(main, opened)
+    return TrainingData(main, combined, [(s, ds) for s, (_, ds) in zip(sets, opened)])
+
+
+def _unnamed(path: str) -> bool:
+    from steelseg.data.table import read_class_names
+
+    return read_class_names(Path(path)) is None
+
+
+def add_extra(cfg: RunConfig, data: TrainingData, train: list[str], val: list[str],
+              how: str) -> tuple[list[str], list[str], str, dict[str, Any]]:
+    """The split with the extra images added: to training only, or (``data.extra_in_val``) split by
+    the same fold rule as new folds. Returns the split and what split.json records of the extras."""
+    record: dict[str, Any] = {}
+    for s, ds in data.extras:
+        groups = image_groups(ds, None)
+        k = min(5, len(ds.table), len(set(groups)) if groups is not None else len(ds.table))
+        if cfg.data.extra_in_val and k >= 2:
+            folds = make_folds(ds, k=k, seed=cfg.train.seed, groups=groups)
+            tr, va = fold_split(folds, cfg.data.fold % k)
+            tr, va = [s.prefix + i for i in tr], [s.prefix + i for i in va]
+        else:
+            tr, va = list(s.image_ids), []
+        train, val = train + tr, val + va
+        record[s.path] = {"prefix": s.prefix, "layout": s.layout, "images": len(s.image_ids), "train": len(tr),
+                          "val": len(va)}
+    if record:
+        n_tr = sum(r["train"] for r in record.values())
+        n_va = sum(r["val"] for r in record.values())
+        how += f"; + {n_tr} extra image(s) in training" + (f", {n_va} in validation" if n_va else
+                                                           " (data.extra, kept out of validation)")
+    return train, val, how, record
 
 
 def resolve_split(cfg: RunConfig, ds: DefectDataset, run_dir: Path | None = None) -> tuple[list[str], list[str], str]:

@@ -28,7 +28,6 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from steelseg import __version__
-from steelseg.data.open import open_dataset
 from steelseg.data.table import DefectDataset
 from steelseg.errors import ConfigError, DataError, TrainingStopped
 from steelseg.fsutil import atomic_json
@@ -37,7 +36,14 @@ from steelseg.models.pretrained import describe
 from steelseg.schema import InputMeta, ModelMeta, ModelSpec
 from steelseg.training.callbacks import EmaWeights, ResumeCheckpoint, RunRecorder
 from steelseg.training.config import RunConfig, load_config
-from steelseg.training.loaders import make_loaders, resolve_split, split_groups
+from steelseg.training.loaders import (
+    TrainingData,
+    add_extra,
+    make_loaders,
+    open_training_data,
+    resolve_split,
+    split_groups,
+)
 from steelseg.training.module import SteelsegModule, output_names
 from steelseg.training.tracking import log_artifacts, make_loggers, record_run
 
@@ -232,7 +238,8 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     run_dir, ckpt = _open_run(cfg, resume)
     is_worker = bool(os.environ.get(RUN_DIR_ENV)) and os.environ.get("LOCAL_RANK", "0") != "0"
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    ds = open_dataset(cfg.data.path, cfg.data.class_names, layout=cfg.data.layout)  # bad data fails before a run folder exists
+    data = open_training_data(cfg)  # bad data fails before a run folder exists
+    ds = data.combined
     if not cfg.train.allow_no_defects and len(ds.table) and not ds.presence().any():
         raise DataError(f"{cfg.data.path}: none of its {len(ds.table)} images holds a defect (every mask is "
                         "empty): a model trained on it learns to predict nothing. Check the labels (--layout, "
@@ -241,25 +248,32 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers re-run this command and read it
     claim = claim_run_dir(run_dir)
     try:
-        return _train(cfg, run_dir, ckpt, resume, ds, is_worker, progress, extra)
+        return _train(cfg, run_dir, ckpt, resume, data, is_worker, progress, extra)
     finally:
         if claim is not None:
             claim.unlink(missing_ok=True)
 
 
-def _train(cfg: RunConfig, run_dir: Path, ckpt: Path, resume: str | Path | None, ds: DefectDataset,
+def _train(cfg: RunConfig, run_dir: Path, ckpt: Path, resume: str | Path | None, data: TrainingData,
            is_worker: bool, progress: bool | None, extra: list[Callback]) -> RunResult:
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
-    train_ids, val_ids, how = resolve_split(cfg, ds, None if is_worker else run_dir)
+    ds = data.combined
+    train_ids, val_ids, how = resolve_split(cfg, data.main, None if is_worker else run_dir)
+    train_ids, val_ids, how, extras = add_extra(cfg, data, train_ids, val_ids, how)
     if not train_ids or not val_ids:
         raise DataError(f"{cfg.data.path}: empty training or validation set ({how})")
     meta = _model_meta(cfg, ds, how)
+    if extras:
+        meta.trained_on["extra"] = extras
     if not is_worker and not resume:
         cfg.save(run_dir / "config.yaml")
-        split = {"how": how, "train": train_ids, "val": val_ids}
-        groups = split_groups(ds, cfg.data.group_by, train_ids, val_ids)
+        split: dict[str, Any] = {"how": how, "train": train_ids, "val": val_ids}
+        groups = split_groups(data.main, cfg.data.group_by, [i for i in train_ids if i in data.main_ids],
+                              [i for i in val_ids if i in data.main_ids])
         if groups is not None:
             split["groups"] = groups
+        if extras:
+            split["extra"] = extras
         atomic_json(run_dir / "split.json", split)
     train_loader, val_loader = make_loaders(cfg, ds.subset(train_ids), ds.subset(val_ids))
     module = SteelsegModule(cfg, ds.class_names)

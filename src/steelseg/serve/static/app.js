@@ -1,9 +1,13 @@
-// steelseg review page: upload -> /v1/predict -> masks over the image -> verdicts -> /v1/feedback.
+// steelseg review page: an image (uploaded, or the next one of the review queue) -> /v1/predict -> the masks
+// in the editor (editor.js) -> the reviewer keeps, rejects, corrects or draws each class -> /v1/feedback
+// with the final masks as Kaggle RLE.
 "use strict";
-// Okabe-Ito, the same fixed class colours as steelseg.viz.CLASS_COLORS
-const COLORS = [[230,159,0],[86,180,233],[0,158,115],[213,94,0],[204,121,167],[0,114,178],[240,228,66],[120,120,120]];
+const { MaskEditor, decodeRLE, COLORS } = window.SteelsegEditor;
 const $ = (id) => document.getElementById(id);
-let state = { file: null, img: null, result: null, shown: [] };
+const state = { file: null, result: null, model: [], modelHash: [], flagMissed: [], queue: [], qpos: -1, info: null };
+const editor = new MaskEditor($("canvas"), () => legend());
+window.__editor = editor;  // test hook: bitmaps, transform, last stroke
+window.__review = state;
 
 function headers() {
   const key = $("apikey").value.trim();
@@ -11,114 +15,206 @@ function headers() {
   return key ? { "X-API-Key": key } : {};
 }
 
+function say(id, text, error) { $(id).textContent = text; $(id).className = error ? "error" : "muted"; }
+
 async function loadModel() {
   try {
     const r = await fetch("/v1/model", { headers: headers() });
     const m = await r.json();
+    state.info = r.ok ? m : null;
     $("bundle").textContent = r.ok ? `bundle ${m.bundle} (${m.backend}, ${m.classes.length} classes)` : m.error;
+    if (r.ok && m.queue) { $("queue").hidden = false; await loadQueue(false); }
   } catch (e) { $("bundle").textContent = "model info unavailable"; }
 }
 
-// Kaggle RLE: 1-indexed, column-major "start length" pairs
-function decodeRLE(rle, w, h) {
-  const mask = new Uint8Array(w * h);
-  if (!rle) return mask;
-  const v = rle.trim().split(/\s+/).map(Number);
-  for (let i = 0; i < v.length; i += 2) {
-    for (let p = v[i] - 1, end = p + v[i + 1]; p < end; p++) mask[(p % h) * w + Math.floor(p / h)] = 1;
-  }
-  return mask;
+// ---- verdicts: set from the edits, and the buttons that set the edits -----------------------------
+function verdict(c) {
+  const cls = state.result.classes[c], empty = editor.area(c) === 0;
+  if (cls.present) return editor.hash(c) === state.modelHash[c] ? "right" : empty ? "wrong" : "corrected";
+  return empty ? (state.flagMissed[c] ? "missed" : "absent") : "missed";
 }
 
-function draw() {
-  const { img, result, shown } = state;
-  const c = $("canvas");
-  c.width = img.naturalWidth; c.height = img.naturalHeight;
-  const ctx = c.getContext("2d");
-  ctx.drawImage(img, 0, 0);
-  const w = c.width, h = c.height;
-  const data = ctx.getImageData(0, 0, w, h);
-  result.classes.forEach((cls, i) => {
-    if (!shown[i] || !cls.present) return;
-    const m = decodeRLE(cls.rle, w, h), col = COLORS[i % COLORS.length];
-    for (let p = 0; p < m.length; p++) {
-      if (!m[p]) continue;
-      const edge = (p % w > 0 && !m[p - 1]) || (p % w < w - 1 && !m[p + 1]) || (p >= w && !m[p - w]) || (p + w < m.length && !m[p + w]);
-      const a = edge ? 1.0 : 0.4;
-      for (let k = 0; k < 3; k++) data.data[4 * p + k] = Math.round((1 - a) * data.data[4 * p + k] + a * col[k]);
-    }
-  });
-  ctx.putImageData(data, 0, 0);
-  c.dataset.drawn = "1";
+function choose(c, v) {
+  const zeros = new Uint8Array(editor.w * editor.h);
+  if (v === "right") editor.replaceClass(c, state.model[c]);
+  if (v === "wrong" || v === "absent") { state.flagMissed[c] = false; editor.replaceClass(c, zeros); }
+  if (v === "missed") state.flagMissed[c] = true;
+  legend();
+}
+
+function verdictCell(c) {
+  const cls = state.result.classes[c], v = verdict(c);
+  const opts = cls.present ? ["right", "wrong", "corrected"] : ["absent", "missed"];
+  const drawn = v === "missed" && editor.area(c) > 0 ? " (drawn)" : v === "missed" ? " (not drawn: needs masks)" : "";
+  return opts.map((o) => `<label><input type="radio" name="v${c}" value="${o}" ${o === v ? "checked" : ""}
+    ${o === "corrected" && v !== "corrected" ? "disabled" : ""}> ${o}</label>`).join(" ") +
+    `<span class="muted" data-verdict="${v}">${drawn}</span>`;
 }
 
 function legend() {
+  if (!state.result) return;
   const body = $("legend").querySelector("tbody");
   body.innerHTML = "";
-  state.result.classes.forEach((cls, i) => {
-    const col = COLORS[i % COLORS.length];
+  state.result.classes.forEach((cls, c) => {
     const tr = document.createElement("tr");
     tr.dataset.cls = cls.name;
-    const opts = cls.present ? ["right", "wrong"] : ["absent", "missed"];
-    tr.innerHTML = `<td><input type="checkbox" ${state.shown[i] ? "checked" : ""} aria-label="show ${cls.name}"></td>
-      <td><span class="swatch" style="background: rgb(${col})"></span>${cls.name}</td>
+    tr.className = c === editor.current ? "current" : "";
+    tr.innerHTML = `<td><input type="checkbox" ${editor.shown[c] ? "checked" : ""} aria-label="show ${cls.name}"></td>
+      <td class="pickcls"><kbd>${c + 1}</kbd> <span class="swatch" style="background: rgb(${COLORS[c % COLORS.length]})"></span>${cls.name}</td>
       <td>${cls.present ? "yes" : "no"}</td><td>${cls.score === null ? "-" : cls.score.toFixed(3)}</td>
-      <td>${cls.area}</td>
-      <td>${opts.map((o, k) => `<label><input type="radio" name="v${i}" value="${o}" ${k === 0 ? "checked" : ""}> ${o}</label>`).join(" ")}</td>`;
-    tr.querySelector("input[type=checkbox]").addEventListener("change", (e) => { state.shown[i] = e.target.checked; draw(); });
+      <td>${cls.area}</td><td class="area-now">${editor.area(c)}</td><td>${verdictCell(c)}</td>`;
+    tr.querySelector("input[type=checkbox]").addEventListener("change", (e) => { editor.shown[c] = e.target.checked; editor.render(); });
+    tr.querySelector(".pickcls").addEventListener("click", () => selectClass(c));
+    tr.querySelectorAll("input[type=radio]").forEach((r) => r.addEventListener("change", () => choose(c, r.value)));
     body.appendChild(tr);
   });
+  $("undo").disabled = !editor.undoStack.length; $("redo").disabled = !editor.redoStack.length;
 }
 
+function selectClass(c) {
+  if (!state.result || c >= state.result.classes.length) return;
+  editor.current = c;
+  $("current-class").textContent = state.result.classes[c].name;
+  legend();
+}
+
+// ---- predict an image and open it in the editor ------------------------------------------------
 async function predict(file) {
   state.file = file;
-  $("status").textContent = `predicting ${file.name} ...`;
-  $("status").className = "muted";
+  say("status", `predicting ${file.name} ...`);
   const form = new FormData();
   form.append("file", file);
   const r = await fetch("/v1/predict", { method: "POST", body: form, headers: headers() });
   const body = await r.json();
-  if (!r.ok) { $("status").textContent = body.error; $("status").className = "error"; return; }
-  state.result = body;
-  state.shown = body.classes.map(() => true);
-  const url = URL.createObjectURL(file);
-  state.img = new Image();
-  state.img.onload = () => {
-    $("view").hidden = false;
-    legend(); draw();
-    const found = body.classes.filter((c) => c.present).map((c) => c.name);
-    $("status").textContent = `${file.name}: ${found.length ? "found " + found.join(", ") : "no defect found"} ` +
-      `(${body.image.width}x${body.image.height}, ${body.timings_ms.predict} ms)`;
-    $("download").href = URL.createObjectURL(new Blob([JSON.stringify(body, null, 2)], { type: "application/json" }));
-  };
-  state.img.onerror = () => {
-    $("status").textContent = `${file.name}: predicted, but this browser cannot display the format (TIFF?); ` +
-      "the JSON download has the masks";
-    $("download").href = URL.createObjectURL(new Blob([JSON.stringify(body, null, 2)], { type: "application/json" }));
-  };
-  state.img.src = url;
+  if (!r.ok) { say("status", body.error, true); return; }
+  const img = new Image();
+  img.onload = () => open(file, body, img);
+  img.onerror = () => say("status", `${file.name}: predicted, but this browser cannot display the format (TIFF?); ` +
+    "the JSON download has the masks", true);
+  img.src = URL.createObjectURL(file);
+  $("download").href = URL.createObjectURL(new Blob([JSON.stringify(body, null, 2)], { type: "application/json" }));
 }
 
+function open(file, body, img) {
+  const { width: w, height: h } = body.image;
+  state.result = body;
+  state.model = body.classes.map((cls) => decodeRLE(cls.present ? cls.rle : "", w, h));
+  state.modelHash = state.model.map((m) => window.SteelsegEditor.fnv1a(m));
+  state.flagMissed = body.classes.map(() => false);
+  $("view").hidden = false;
+  editor.load(img, state.model);
+  selectClass(Math.min(editor.current, body.classes.length - 1));
+  const found = body.classes.filter((c) => c.present).map((c) => c.name);
+  say("status", `${file.name}: ${found.length ? "found " + found.join(", ") : "no defect found"} ` +
+    `(${w}x${h}, ${body.timings_ms.predict} ms)`);
+  say("feedback-status", "");
+}
+
+// ---- send -----------------------------------------------------------------------------------------
 async function sendFeedback() {
-  const verdicts = {};
-  state.result.classes.forEach((cls, i) => {
-    verdicts[cls.name] = document.querySelector(`input[name=v${i}]:checked`).value;
-  });
+  if (!state.result) return;
+  const verdicts = {}, masks = {};
+  state.result.classes.forEach((cls, c) => { verdicts[cls.name] = verdict(c); masks[cls.name] = editor.rle(c); });
   const form = new FormData();
   form.append("file", state.file);
   form.append("verdicts", JSON.stringify(verdicts));
+  form.append("masks", JSON.stringify({ width: editor.w, height: editor.h, masks }));
+  const reviewer = $("reviewer").value.trim();
+  localStorage.setItem("steelseg-reviewer", reviewer);
+  if (reviewer) form.append("reviewer", reviewer);
   const r = await fetch("/v1/feedback", { method: "POST", body: form, headers: headers() });
   const body = await r.json();
-  $("feedback-status").textContent = r.ok ? `thank you: stored in ${body.stored} as ${body.image_id}` : body.error;
-  $("feedback-status").className = r.ok ? "muted" : "error";
+  say("feedback-status", r.ok ? `stored in ${body.stored} as ${body.image_id}${body.replaced ? " (replaced the earlier review)" : ""}` +
+    (body.reason ? `: ${body.reason}` : "") : body.error, !r.ok);
+  if (r.ok && state.qpos >= 0) await loadQueue(true);
+}
+
+// ---- the review queue -----------------------------------------------------------------------------
+async function loadQueue(openCurrent) {
+  const r = await fetch("/v1/queue", { headers: headers() });
+  const body = await r.json();
+  if (!r.ok) { say("queue-status", body.error, true); return; }
+  state.queue = body.items;
+  const list = $("queue-list").querySelector("tbody");
+  list.innerHTML = "";
+  body.items.forEach((it, i) => {
+    const tr = document.createElement("tr");
+    tr.dataset.id = it.id;
+    tr.innerHTML = `<td>${it.position}</td><td>${it.name}</td><td>${it.score.toFixed(3)}</td><td>${it.random ? "random" : ""}</td><td>${it.reason}</td>`;
+    tr.addEventListener("click", () => openItem(i));
+    list.appendChild(tr);
+  });
+  say("queue-status", `${body.items.length} to review, ${body.sent} sent` + (body.pending ? `, ${body.pending} still being scored` : "") +
+    (body.unreadable.length ? `; unreadable: ${body.unreadable.join("; ")}` : ""));
+  if (body.pending) setTimeout(() => loadQueue(false), 1500);
+  if (openCurrent && body.items.length) await openItem(Math.min(Math.max(state.qpos, 0), body.items.length - 1));
+  else if (!body.items.length) state.qpos = -1;
+}
+
+async function openItem(i) {
+  if (i < 0 || i >= state.queue.length) return;
+  const it = state.queue[i];
+  state.qpos = i;
+  $("queue-list").querySelectorAll("tbody tr").forEach((tr, k) => tr.classList.toggle("current", k === i));
+  $("queue-reason").textContent = `${it.position}/${state.queue.length} ${it.name}: ${it.reason}`;
+  const r = await fetch(`/v1/queue/${it.id}`, { headers: headers() });
+  if (!r.ok) { say("queue-status", (await r.json()).error, true); return; }
+  const blob = await r.blob();
+  await predict(new File([blob], it.name, { type: blob.type || "application/octet-stream" }));
+}
+
+async function uploadToQueue(files) {
+  const form = new FormData();
+  for (const f of files) form.append("files", f);
+  const r = await fetch("/v1/queue", { method: "POST", body: form, headers: headers() });
+  const body = await r.json();
+  say("queue-status", r.ok ? `added ${body.added.length} image(s)` : body.error, !r.ok);
+  await loadQueue(state.qpos < 0);
+}
+
+// ---- controls and keys ----------------------------------------------------------------------------
+function setTool(t) { editor.tool = t; ["brush", "eraser", "pan"].forEach((k) => $(`tool-${k}`).classList.toggle("on", k === t)); }
+
+function setRadius(r) { editor.radius = Math.max(1, Math.min(60, r)); $("radius").value = editor.radius; $("radius-value").textContent = editor.radius; }
+
+function onKey(e) {
+  if (e.target.matches && e.target.matches("input[type=text], input[type=password], input:not([type])")) return;
+  const k = e.key.toLowerCase();
+  if ((e.ctrlKey || e.metaKey) && k === "z") { e.preventDefault(); e.shiftKey ? editor.redo() : editor.undo(); return; }
+  if ((e.ctrlKey || e.metaKey) && k === "y") { e.preventDefault(); editor.redo(); return; }
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (/^[1-9]$/.test(e.key)) selectClass(Number(e.key) - 1);
+  else if (k === "b") setTool("brush");
+  else if (k === "e") setTool("eraser");
+  else if (k === "h") setTool("pan");
+  else if (k === "f") editor.fit();
+  else if (e.key === "[") setRadius(editor.radius - 1);
+  else if (e.key === "]") setRadius(editor.radius + 1);
+  else if (k === "n" || e.key === "ArrowRight") openItem(state.qpos + 1);
+  else if (k === "p" || e.key === "ArrowLeft") openItem(state.qpos - 1);
+  else if (k === "s") sendFeedback();
+  else if (e.key === " ") { editor.spaceDown = true; e.preventDefault(); }
 }
 
 $("apikey").value = localStorage.getItem("steelseg-api-key") || "";
+$("reviewer").value = localStorage.getItem("steelseg-reviewer") || "";
 $("apikey").addEventListener("change", loadModel);
 $("file").addEventListener("change", (e) => e.target.files[0] && predict(e.target.files[0]));
+$("queue-file").addEventListener("change", (e) => e.target.files.length && uploadToQueue(e.target.files));
 $("send").addEventListener("click", sendFeedback);
+$("undo").addEventListener("click", () => editor.undo());
+$("redo").addEventListener("click", () => editor.redo());
+$("fit").addEventListener("click", () => editor.fit());
+$("next").addEventListener("click", () => openItem(state.qpos + 1));
+$("prev").addEventListener("click", () => openItem(state.qpos - 1));
+["brush", "eraser", "pan"].forEach((t) => $(`tool-${t}`).addEventListener("click", () => setTool(t)));
+$("radius").addEventListener("input", (e) => setRadius(Number(e.target.value)));
+$("opacity").addEventListener("input", (e) => { editor.opacity = Number(e.target.value) / 100; editor.render(); });
+document.addEventListener("keydown", onKey);
+document.addEventListener("keyup", (e) => { if (e.key === " ") editor.spaceDown = false; });
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); if (e.dataTransfer.files[0]) predict(e.dataTransfer.files[0]); });
+setRadius(editor.radius);
 loadModel();
