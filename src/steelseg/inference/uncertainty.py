@@ -40,6 +40,8 @@ class Priority:
 
 
 def band_signal(p: np.ndarray, t: float, band: float = BAND) -> float:
+    if t >= 1.0:  # a class switched off (nothing can pass the threshold): nothing to be unsure of
+        return 0.0
     cand = p > t - band
     n = int(cand.sum())
     return 0.0 if n == 0 else float((cand & (np.abs(p - t) < band)).sum()) / n

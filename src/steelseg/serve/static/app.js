@@ -107,7 +107,6 @@ function open(file, body, img) {
   const found = body.classes.filter((c) => c.present).map((c) => c.name);
   say("status", `${file.name}: ${found.length ? "found " + found.join(", ") : "no defect found"} ` +
     `(${w}x${h}, ${body.timings_ms.predict} ms)`);
-  say("feedback-status", "");
 }
 
 // ---- send -----------------------------------------------------------------------------------------
@@ -124,7 +123,7 @@ async function sendFeedback() {
   if (reviewer) form.append("reviewer", reviewer);
   const r = await fetch("/v1/feedback", { method: "POST", body: form, headers: headers() });
   const body = await r.json();
-  say("feedback-status", r.ok ? `stored in ${body.stored} as ${body.image_id}${body.replaced ? " (replaced the earlier review)" : ""}` +
+  say("feedback-status", r.ok ? `${state.file.name}: stored in ${body.stored} as ${body.image_id}${body.replaced ? " (replaced the earlier review)" : ""}` +
     (body.reason ? `: ${body.reason}` : "") : body.error, !r.ok);
   if (r.ok && state.qpos >= 0) await loadQueue(true);
 }
