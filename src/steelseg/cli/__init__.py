@@ -13,13 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from steelseg.cli import data, kaggle, predict, runs, serve, train
+from steelseg.cli import data, kaggle, predict, pseudo, runs, serve, train
 from steelseg.errors import SteelsegError
 
 __all__ = ["build_parser", "main"]
 
 # the command families, in the order --help lists their commands; each registers its own sub-commands
-FAMILIES = (data, train, predict, runs, serve, kaggle)
+FAMILIES = (data, train, predict, pseudo, runs, serve, kaggle)
 
 EPILOG = """the usual path (each command has --help with more):
   steelseg synth data/synth --images 200          # a Severstal-format synthetic dataset
@@ -33,6 +33,7 @@ EPILOG = """the usual path (each command has --help with more):
   steelseg runs --sort dice                                    # every run in one table
   steelseg export bundles/seg --out bundles/seg-int8 --quantize int8   # fast CPU inference
   steelseg serve bundles/seg-int8 --feedback data/feedback     # HTTP service + review page
+  steelseg pseudo-label bundles/seg data/test_images --out data/pseudo   # then data.extra=[data/pseudo]
   steelseg convert ../shared/data/neu_seg data/neu_kaggle      # any layout -> kaggle / masks / coco
 """
 

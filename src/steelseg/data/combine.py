@@ -19,7 +19,9 @@ import pandas as pd
 from steelseg.data.table import DefectDataset, read_class_names
 from steelseg.errors import DataError
 
-__all__ = ["ExtraSet", "combine", "extra_prefix"]
+__all__ = ["PSEUDO_FILE", "ExtraSet", "combine", "extra_prefix"]
+
+PSEUDO_FILE = "pseudo_labels.csv"  # marks a folder of `steelseg pseudo-label`: it never validates
 
 
 @dataclass

@@ -15,7 +15,8 @@ from typing import Any
 from steelseg.errors import DataError
 from steelseg.schema import ModelMeta, load_json
 
-__all__ = ["MODEL_JSON", "load_model", "load_state", "read_model_json", "save_weights", "write_model_json"]
+__all__ = ["MODEL_JSON", "average_weights", "load_model", "load_state", "read_model_json", "save_weights",
+           "write_model_json"]
 
 MODEL_JSON = "model.json"
 
@@ -54,6 +55,28 @@ def load_state(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # SafetensorError, OSError, ...: the file is not what it should be
         raise DataError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc}); "
                         "was it truncated or overwritten?") from None
+
+
+def average_weights(paths: list[str | Path]) -> dict[str, Any]:
+    """The mean of several safetensors files of one architecture, tensor by tensor (float tensors in
+    float64, then back to their dtype); integer buffers (BatchNorm's batch count) come from the first."""
+    import torch
+
+    if not paths:
+        raise DataError("average_weights: no checkpoints given")
+    states = [load_state(p) for p in paths]
+    keys = list(states[0])
+    for p, st in zip(paths[1:], states[1:]):
+        if list(st) != keys or any(st[k].shape != states[0][k].shape for k in keys):
+            raise DataError(f"{p}: its tensors differ from {paths[0]}'s; only checkpoints of one model average")
+    out = {}
+    for k in keys:
+        first = states[0][k]
+        if first.is_floating_point():
+            out[k] = (sum(st[k].double() for st in states) / len(states)).to(first.dtype)
+        else:
+            out[k] = first.clone()
+    return out
 
 
 def load_model(folder: str | Path, which: str = "best", device: str = "cpu",

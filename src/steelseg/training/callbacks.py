@@ -64,19 +64,39 @@ def _saved_model(trainer: L.Trainer, pl_module: L.LightningModule) -> nn.Module:
 class RunRecorder(Callback):
     """Writes metrics.csv per epoch and the safetensors model folder (best and last weights)."""
 
-    def __init__(self, run_dir: Path, meta: ModelMeta, monitor: str, mode: str) -> None:
+    def __init__(self, run_dir: Path, meta: ModelMeta, monitor: str, mode: str, keep_top: int = 0) -> None:
         self.run_dir, self.meta, self.monitor, self.mode = run_dir, meta, monitor, mode
         self.best: float | None = None  # the first monitored value of the best epoch
         self.best_epoch: int | None = None
         self._best_key: tuple[float, ...] | None = None  # metrics.monitor_key of the best epoch
+        self.keep_top = keep_top  # train.average_best: the weights of the best N epochs, kept in model/top/
+        self.top: list[tuple[list[float], int]] = []  # (monitor key, epoch), best first
         self._t0 = time.time()
 
     def state_dict(self) -> dict[str, Any]:
         # The best epoch's record travels in the resume checkpoint: a resumed run keeps it in model.json.
         return {"best": self.best, "best_epoch": self.best_epoch, "best_record": json.dumps(self.meta.best),
-                "best_key": None if self._best_key is None else list(self._best_key)}
+                "best_key": None if self._best_key is None else list(self._best_key), "top": json.dumps(self.top)}
+
+    def top_files(self) -> list[Path]:
+        """The kept weights of the best epochs, best first (``train.average_best``)."""
+        return [self.run_dir / "model" / "top" / f"epoch{e:04d}.safetensors" for _, e in self.top]
+
+    def _keep(self, trainer: L.Trainer, pl_module: L.LightningModule, key: tuple[float, ...]) -> None:
+        epoch = trainer.current_epoch
+        ranked = sorted([*[(k, e) for k, e in self.top if e != epoch], (list(key), epoch)], key=lambda t: t[0],
+                        reverse=True)
+        keep, drop = ranked[:self.keep_top], ranked[self.keep_top:]
+        if (list(key), epoch) in keep:
+            folder = self.run_dir / "model" / "top"
+            folder.mkdir(parents=True, exist_ok=True)
+            save_weights(_saved_model(trainer, pl_module), folder / f"epoch{epoch:04d}.safetensors")
+        for _, e in drop:
+            (self.run_dir / "model" / "top" / f"epoch{e:04d}.safetensors").unlink(missing_ok=True)
+        self.top = keep
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.top = [(list(k), int(e)) for k, e in json.loads(state.get("top") or "[]")]
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
         if state.get("best_key") is not None:
             self._best_key = tuple(state["best_key"])
@@ -105,6 +125,8 @@ class RunRecorder(Callback):
         # Scores from a train.low_res_scale phase are logged but belong to another input_scale than the
         # one model.json records: not eligible as the best model.
         if key is not None and getattr(pl_module, "at_final_scale", True):
+            if self.keep_top >= 2:
+                self._keep(trainer, pl_module, key)
             if self._best_key is None or key > self._best_key:
                 self._best_key = key
                 self.best, self.best_epoch = score, trainer.current_epoch

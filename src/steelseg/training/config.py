@@ -89,6 +89,8 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget (Lightning max_time); the lr schedule ends with it
     ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.998), null = off;
     # validation, best.safetensors and last.safetensors then use the averaged weights
+    average_best: int = 0  # N >= 2: after training, average the weights of the N best validated epochs; kept as
+    # best.safetensors when the average validates at least as well (model.json best.average_of says)
     checkpoint_every: int = 50  # also save the resume checkpoint every N steps (survives kill -9)
     allow_no_defects: bool = False  # train even when no image of the dataset holds a defect (refused by default)
     accelerator: str = "auto"

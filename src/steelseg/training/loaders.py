@@ -15,7 +15,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from steelseg.data.augment import stream_seed, train_transform
-from steelseg.data.combine import ExtraSet, combine
+from steelseg.data.combine import PSEUDO_FILE, ExtraSet, combine
 from steelseg.data.folds import fold_split, image_groups, make_folds, read_folds, write_folds
 from steelseg.data.open import open_dataset
 from steelseg.data.samples import SegmentationSamples
@@ -44,6 +44,9 @@ def open_training_data(cfg: RunConfig) -> TrainingData:
     for path in d.extra:
         if not Path(path).exists():
             raise ConfigError(f"data.extra: {path} does not exist")
+        if d.extra_in_val and (Path(path) / PSEUDO_FILE).is_file():
+            raise ConfigError(f"data.extra_in_val: {path} holds pseudo-labels ({PSEUDO_FILE}); they train, never "
+                              "validate (a model would be scored on its own predictions)")
         opened.append((path, open_dataset(path, main.class_names if _unnamed(path) else None)))
     combined, sets = combine(main, opened)
     return TrainingData(main, combined, [(s, ds) for s, (_, ds) in zip(sets, opened)])

@@ -188,7 +188,7 @@ def _callbacks(cfg: RunConfig, run_dir: Path, meta: ModelMeta, progress: bool, e
     t = cfg.train
     monitor, mode = _monitor(cfg)
     callbacks: list[Any] = [
-        RunRecorder(run_dir, meta, monitor, mode),
+        RunRecorder(run_dir, meta, monitor, mode, keep_top=t.average_best),
         ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt", t.checkpoint_every),
     ]
     callbacks += extra
@@ -294,6 +294,10 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: Path, resume: str | Path | None,
                               f"{cfg.train.checkpoint_every} steps and at each epoch end): resume with "
                               f"`steelseg train --resume {run_dir}`") from None
     recorder: RunRecorder = callbacks[0]
+    if cfg.train.average_best >= 2:
+        from steelseg.training.averaging import average_best
+
+        average_best(trainer, module, recorder, val_loader, cfg.train.average_best)
     if trainer.is_global_zero:
         log_artifacts(loggers, run_dir)
     return RunResult(run_dir, recorder.best, recorder.best_epoch, recorder.monitor)

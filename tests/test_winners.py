@@ -1,0 +1,129 @@
+"""What the winning Severstal solutions did: best-N weight averaging, pseudo-labels, the two-head network and
+Tiramisu (issue #26); classifier-scaled thresholds are in test_scaled_thresholds.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from steelseg.models.checkpoint import average_weights, load_state, save_weights
+from steelseg.training.run import fit
+
+from .test_train import TINY_DEC, tiny_cfg
+
+
+def test_averaging_two_checkpoints_is_their_mean_tensor_by_tensor(tmp_path) -> None:
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    b = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    b[1].num_batches_tracked += 7
+    save_weights(a, tmp_path / "a.safetensors")
+    save_weights(b, tmp_path / "b.safetensors")
+    avg = average_weights([tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
+    for k, v in a.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(avg[k], (v + b.state_dict()[k]) / 2)
+        else:
+            assert avg[k] == v  # integer buffers from the first
+    c = torch.nn.Conv2d(1, 2, 3)
+    save_weights(c, tmp_path / "c.safetensors")
+    with pytest.raises(Exception, match="differ"):
+        average_weights([tmp_path / "a.safetensors", tmp_path / "c.safetensors"])
+
+
+def test_average_best_keeps_the_top_epochs_and_records_the_choice(synth_small, tmp_path) -> None:
+    result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "train.epochs=3", "train.limit_train_batches=2",
+                          "train.average_best=2"))
+    model_dir = result.run_dir / "model"
+    meta = json.loads((model_dir / "model.json").read_text())
+    rec = meta["best"]["average_of"]
+    assert rec["requested"] == 2 and len(rec["epochs"]) == 2 and "value" in rec
+    top = sorted((model_dir / "top").glob("*.safetensors"))
+    assert len(top) == 2  # the others were pruned as better epochs came
+    best = load_state(model_dir / "best.safetensors")
+    avg = average_weights(top)
+    same = all(torch.equal(best[k], avg[k]) for k in best)
+    assert same == rec["used"]
+    assert rec["used"] == (rec["value"] >= rec["best_single"])  # monitor val/dice: no tie-break list
+
+
+# ---- pseudo-labels -----------------------------------------------------------------------------------
+def test_the_1st_place_rule_on_each_side_of_its_limits() -> None:
+    from steelseg.inference.pseudo import PseudoConfig, select
+
+    probs = np.array([[0.96, 0.01],   # sure of class 1, sure of no class 2, masks agree: kept
+                      [0.94, 0.01],   # class 1 just under 0.95: unsure
+                      [0.96, 0.06],   # class 2 just over 0.05: unsure
+                      [0.96, 0.04],   # sure, but the segmentation found a class 2 mask: disagrees
+                      [0.04, 0.03],   # sure of nothing, no masks: kept (a defect-free pseudo-label)
+                      [0.99, 0.02]])  # sure of class 1 but no mask was found: disagrees
+    present = np.array([[1, 0], [1, 0], [1, 0], [1, 1], [0, 0], [0, 0]], bool)
+    keep, why = select(probs, present, PseudoConfig("1st"))
+    assert keep.tolist() == [True, False, False, False, True, False]
+    assert "between 0.05 and 0.95" in why[1] and "found a mask" in why[3] and "found no mask" in why[5]
+    capped, why2 = select(probs, present, PseudoConfig("1st", max_images=1))
+    assert capped.sum() == 1 and capped[0] and "beyond --max 1" in why2[4]  # 0.96/0.01 is the more confident
+    conf, _ = select(probs, present, PseudoConfig("confidence", max_images=2))
+    want = np.argsort(-np.abs(probs - 0.5).mean(1), kind="stable")[:2]
+    assert sorted(np.flatnonzero(conf)) == sorted(want)
+
+
+def _sharp_bundle(root):
+    from safetensors.torch import load_file, save_file
+
+    from steelseg.inference.bundle import write_bundle
+
+    from .conftest import tiny_model_at
+
+    seg = tiny_model_at(root / "seg", ["pits", "streaks", "scratches", "blotches"])
+    w = load_file(seg / "best.safetensors")
+    save_file({k: v * 60 if "segmentation_head" in k else v for k, v in w.items()}, seg / "best.safetensors")
+    return write_bundle(root / "bundle", [seg], kind="plain")
+
+
+def test_pseudo_label_keeps_exactly_what_the_rule_accepts_and_the_folder_trains(synth_small, tmp_path,
+                                                                                capsys) -> None:
+    import csv
+
+    from steelseg.cli import main
+    from steelseg.data.open import open_dataset
+    from steelseg.inference.predictor import Predictor
+
+    bundle = _sharp_bundle(tmp_path / "b")
+    images = synth_small / "train_images"
+    files = sorted(images.iterdir())[:12]
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for f in files:
+        (pool / f.name).write_bytes(f.read_bytes())
+    pred = Predictor.from_bundle(bundle)
+    want = set()
+    for f, p in pred.predict_paths(sorted(pool.iterdir())):
+        level = p.probs.reshape(-1, 4).max(0)
+        present = p.masks.reshape(-1, 4).any(0)
+        sure = ((level > 0.95) | (level < 0.05)).all()
+        if sure and ((level > 0.95) == present).all():
+            want.add(f.name)
+    out = tmp_path / "pseudo"
+    assert main(["pseudo-label", str(bundle), str(pool), "--out", str(out)]) == 0
+    assert {p.name for p in (out / "train_images").iterdir()} == want
+    with open(out / "pseudo_labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12 and {r["ImageId"] for r in rows if r["kept"] == "1"} == want
+    # the rule confidence keeps the --max most confident; this folder trains as data.extra, never validates
+    out2 = tmp_path / "pseudo2"
+    assert main(["pseudo-label", str(bundle), str(pool), "--out", str(out2), "--rule", "confidence", "--max", "5"]) == 0
+    assert len(open_dataset(out2).table) == 5
+    result = fit(tiny_cfg(synth_small, tmp_path / "runs", TINY_DEC, "train.limit_train_batches=1",
+                          "train.limit_val_batches=1", f"data.extra=[{out2}]"))
+    split = json.loads((result.run_dir / "split.json").read_text())
+    assert sum(i.startswith("+pseudo2/") for i in split["train"]) == 5
+    assert not any(i.startswith("+") for i in split["val"])
+    from steelseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pseudo-labels"):
+        fit(tiny_cfg(synth_small, tmp_path / "runs2", TINY_DEC, f"data.extra=[{out2}]", "data.extra_in_val=true"))
+    assert not (tmp_path / "runs2").exists()  # refused before a run folder was made
