@@ -127,3 +127,57 @@ def test_pseudo_label_keeps_exactly_what_the_rule_accepts_and_the_folder_trains(
     with pytest.raises(ConfigError, match="pseudo-labels"):
         fit(tiny_cfg(synth_small, tmp_path / "runs2", TINY_DEC, f"data.extra=[{out2}]", "data.extra_in_val=true"))
     assert not (tmp_path / "runs2").exists()  # refused before a run folder was made
+
+
+# ---- one network, two heads ----------------------------------------------------------------------------
+def test_gated_logits_are_the_logits_of_the_product_of_the_sigmoids() -> None:
+    from steelseg.models.factory import gated_logits
+
+    m = torch.tensor([[[[-3.0, 0.0], [2.0, 8.0]]]])
+    c = torch.tensor([[1.5]])
+    want = torch.sigmoid(m) * torch.sigmoid(c)[..., None, None]
+    torch.testing.assert_close(torch.sigmoid(gated_logits(m, c)), want, atol=1e-6, rtol=1e-5)
+
+
+def test_two_head_segmenter_trains_exports_and_gates_itself(synth_small, tmp_path) -> None:
+    from steelseg.inference.bundle import write_bundle
+    from steelseg.inference.export import export_bundle
+    from steelseg.inference.predictor import Predictor
+    from steelseg.models.checkpoint import load_model
+
+    result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "model.cls_head=true", "train.limit_train_batches=3"))
+    rows = (result.run_dir / "metrics.csv").read_text()
+    assert "train/cls_loss" in rows
+    net, meta = load_model(result.run_dir / "model")
+    assert meta.model.kwargs["cls_head"] is True and net.cls_head
+    x = torch.rand(2, 1, 64, 320)
+    with torch.no_grad():
+        masks, cls = net.heads(x)
+        gated = torch.sigmoid(net(x))
+    assert cls.shape == (2, 4)
+    torch.testing.assert_close(gated, torch.sigmoid(masks) * torch.sigmoid(cls)[..., None, None], atol=1e-5, rtol=1e-4)
+    bundle = write_bundle(tmp_path / "bundle", [result.run_dir], kind="plain")
+    pred = Predictor.from_bundle(bundle)
+    images = [np.random.default_rng(i).integers(0, 256, (64, 320), dtype=np.uint8) for i in range(3)]
+    out = pred.predict(images)
+    assert all(p.gate is not None and p.gate.shape == (4,) for p in out)  # its own gate, no classifier
+    onnx_bundle = tmp_path / "onnx"
+    export_bundle(bundle, onnx_bundle, samples=images)
+    import onnxruntime as ort
+
+    seg_dir = next(p for p in onnx_bundle.rglob("model.onnx"))
+    sess = ort.InferenceSession(str(seg_dir), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["probs", "cls"]
+    from steelseg.data.images import to_input
+
+    xin = to_input(images, meta.input.spec())
+    probs_onnx, cls_onnx = sess.run(None, {"input": np.ascontiguousarray(xin, np.float32)})
+    with torch.no_grad():
+        m_t, c_t = net.heads(torch.from_numpy(np.ascontiguousarray(xin, np.float32)))
+    np.testing.assert_allclose(cls_onnx, torch.sigmoid(c_t).numpy(), atol=1e-4)
+    np.testing.assert_allclose(probs_onnx, (torch.sigmoid(m_t) * torch.sigmoid(c_t)[..., None, None]).numpy(),
+                               atol=1e-4)
+    onnx_out = Predictor.from_bundle(onnx_bundle).predict(images)
+    for a, b in zip(out, onnx_out):
+        np.testing.assert_allclose(a.gate, b.gate, atol=1e-4)
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)

@@ -221,6 +221,7 @@ SEGMENTER_KWARGS = {
     "psp_out_channels": (1, 2048), "psp_use_batchnorm": None, "psp_dropout": (0.0, 1.0),
     "decoder_interpolation": None,
     "input_scale": (0.25, 4.0),  # steelseg's own (Segmenter): resize the input by this factor, logits back
+    "cls_head": None,  # steelseg's own (model.cls_head): an image-level head on the encoder, soft gating
 }
 FREEZE_STRIDES = (2, 4, 8, 16)  # train.freeze_stride (0 = off): the encoder's layers up to 1/N resolution
 CLASSIFIER_KWARGS = {"drop_rate": (0.0, 1.0), "drop_path_rate": (0.0, 1.0), "global_pool": None}

@@ -34,6 +34,8 @@ class Runner(Protocol):
 
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
 
+    def run_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
 
 class TorchRunner:
     """Eager PyTorch. On the CPU the model runs channels-last, one image at a time: measured 1.3x
@@ -55,17 +57,30 @@ class TorchRunner:
         return cls(net, meta, folder, device)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run_both(x)[0]
+
+    def _one(self, xt: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        import torch
+
+        if not getattr(self.net, "cls_head", False):
+            return torch.sigmoid(self.net(xt).float()).cpu().numpy(), None
+        from steelseg.models.factory import gated_logits
+
+        masks, cls = self.net.heads(xt)
+        return torch.sigmoid(gated_logits(masks, cls).float()).cpu().numpy(), torch.sigmoid(cls.float()).cpu().numpy()
+
+    def run_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities, and a two-head segmenter's image-level probabilities (else None)."""
         import torch
 
         x = np.ascontiguousarray(x)
         with torch.inference_mode():
             if not self.cpu:
-                return torch.sigmoid(self.net(torch.from_numpy(x).to(self.device)).float()).cpu().numpy()
-            outs = []
-            for i in range(len(x)):
-                xi = torch.from_numpy(x[i:i + 1]).contiguous(memory_format=torch.channels_last)
-                outs.append(torch.sigmoid(self.net(xi).float()).numpy())
-            return np.ascontiguousarray(np.concatenate(outs))
+                return self._one(torch.from_numpy(x).to(self.device))
+            outs = [self._one(torch.from_numpy(x[i:i + 1]).contiguous(memory_format=torch.channels_last))
+                    for i in range(len(x))]
+        probs = np.ascontiguousarray(np.concatenate([o[0] for o in outs]))
+        return probs, None if outs[0][1] is None else np.concatenate([o[1] for o in outs])
 
 
 def pad_to_stride(x: np.ndarray, stride: int = STRIDE) -> np.ndarray:
@@ -110,6 +125,10 @@ class OnnxRunner:
         self.size = info.get("export_size")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run_both(x)[0]
+
+    def run_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities, and a two-head segmenter's image-level probabilities (its second output; else None)."""
         h, w = x.shape[-2:]
         if self.pad:
             x = pad_to_stride(x)
@@ -120,10 +139,12 @@ class OnnxRunner:
                             f"(its architecture exported with a fixed size), got {w}x{h}")
         x = np.ascontiguousarray(x, np.float32)
         if self.dynamic_batch:
-            out = self.session.run(None, {self.input: x})[0]
+            outs = self.session.run(None, {self.input: x})
         else:  # a graph exported for batch 1
-            out = np.concatenate([self.session.run(None, {self.input: x[i:i + 1]})[0] for i in range(len(x))])
-        return out[..., :h, :w] if self.segment else out
+            runs = [self.session.run(None, {self.input: x[i:i + 1]}) for i in range(len(x))]
+            outs = [np.concatenate([r[k] for r in runs]) for k in range(len(runs[0]))]
+        out = outs[0][..., :h, :w] if self.segment else outs[0]
+        return out, outs[1] if len(outs) > 1 else None
 
     def _check_inner_pad(self, h: int, w: int) -> None:
         """A graph that resizes and pads inside froze PyTorch's mirrored padding when it was traced;

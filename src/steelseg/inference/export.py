@@ -79,7 +79,12 @@ class _Probs:
                 super().__init__()
                 self.net = net
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
+            def forward(self, x: torch.Tensor) -> Any:
+                if segment and getattr(self.net, "cls_head", False):  # two outputs: gated masks, image head
+                    from steelseg.models.factory import gated_logits
+
+                    masks, cls = self.net.members_heads(x) if not whole else self.net.heads(x)
+                    return torch.sigmoid(gated_logits(masks, cls)), torch.sigmoid(cls)
                 out = self.net.members_forward(x) if segment and not whole else self.net(x)
                 return torch.sigmoid(out)
 
@@ -97,17 +102,22 @@ def _export_one(runner: Any, dst: Path, sample: np.ndarray, opset: int) -> dict[
     x = pad_to_stride(sample[:1]) if segment and not pads_inside else sample[:1]
     dst.mkdir(parents=True)
     path = dst / ONNX_FILE
+    two_head = segment and bool(getattr(runner.net, "cls_head", False))
+    names = ["probs", "cls"] if two_head else ["probs"]
+
     def export(axes: dict[int, str]) -> None:
         out_axes = axes if segment else {k: v for k, v in axes.items() if k == 0}
+        dyn = {"input": axes, "probs": out_axes}
+        if two_head:
+            dyn["cls"] = {k: v for k, v in axes.items() if k == 0}
         with torch.no_grad():
             torch.onnx.export(net, (torch.from_numpy(np.ascontiguousarray(x)),), str(path), dynamo=False,
-                              opset_version=opset, input_names=["input"], output_names=["probs"],
-                              dynamic_axes={"input": axes, "probs": out_axes} if axes else None,
-                              do_constant_folding=True)
+                              opset_version=opset, input_names=["input"], output_names=names,
+                              dynamic_axes=dyn if axes else None, do_constant_folding=True)
 
     info = {"format": "onnx", "file": ONNX_FILE, "opset": opset, "quantized": None, "dynamic_batch": True,
             "dynamic_hw": True, "export_size": list(x.shape[-2:]),
-            "stride": STRIDE if segment and not pads_inside else None}
+            "stride": STRIDE if segment and not pads_inside else None, "outputs": names}
     try:
         export({0: "batch", 2: "height", 3: "width"})
     except Exception:  # some graphs need known sizes: try a fixed-size graph, batch 1
@@ -129,7 +139,8 @@ def _export_one(runner: Any, dst: Path, sample: np.ndarray, opset: int) -> dict[
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"input": other})[0]
         with torch.no_grad():
-            want = net(torch.from_numpy(other)).numpy()
+            want = net(torch.from_numpy(other))
+            want = (want[0] if isinstance(want, tuple) else want).numpy()
         info["dynamic_hw"] = bool(got.shape == want.shape and np.abs(got - want).max() < PROB_TOLERANCE)
     except Exception:  # a graph with sizes baked in fails at another size: fixed-size export
         info["dynamic_hw"] = False

@@ -126,8 +126,14 @@ class Predictor:
 
     def _run(self, models: list[Runner], images: Sequence[np.ndarray], tta: bool) -> np.ndarray:
         """Average probabilities over models (and flips for segmenters)."""
-        total = None
-        n = 0
+        return self._run_both(models, images, tta)[0]
+
+    def _run_both(self, models: list[Runner], images: Sequence[np.ndarray],
+                  tta: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Average probabilities over models (and flips for segmenters), and the image-level probabilities
+        of two-head segmenters (model.cls_head) averaged alike, or None when no model has that head."""
+        total = cls_total = None
+        n = n_cls = 0
         inputs: dict[InputSpec, np.ndarray] = {}  # fold models share a normalisation: prepare once
         for m in models:
             spec = m.meta.input.spec()
@@ -136,12 +142,17 @@ class Predictor:
             x = inputs[spec]
             seg = m.meta.task == "segment"
             for axes in (TTA_FLIPS if tta and seg else [()]):
-                out = m(np.flip(x, axes) if axes else x)
+                xin = np.flip(x, axes) if axes else x
+                out, cls = m.run_both(xin) if hasattr(m, "run_both") else (m(xin), None)
                 if axes:
                     out = np.flip(out, axes)
                 total = out if total is None else total + out
                 n += 1
-        return np.ascontiguousarray(total / n, np.float32)
+                if cls is not None:
+                    cls_total = cls if cls_total is None else cls_total + cls
+                    n_cls += 1
+        cls_mean = None if cls_total is None else np.ascontiguousarray(cls_total / n_cls, np.float32)
+        return np.ascontiguousarray(total / n, np.float32), cls_mean
 
     def _gates(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Classifier probabilities (n, K) or (n, 1) -> per-class gates (n, K), the any-defect gate (n,) and
@@ -204,7 +215,10 @@ class Predictor:
         probs = np.zeros((n, k, *shape), np.float32)
         if run_seg.any():
             sel = np.flatnonzero(run_seg)
-            probs[sel] = self._run(self.segmenters, [images[i] for i in sel], self.tta)
+            probs[sel], head = self._run_both(self.segmenters, [images[i] for i in sel], self.tta)
+            if head is not None and gate is None:  # a two-head segmenter is its own (soft) gate
+                gate = np.zeros((n, k), np.float32)
+                gate[sel] = head
         probs = probs.transpose(0, 2, 3, 1)
         return [self._finish(probs[i], None if gate is None else gate[i],
                              None if gate_any is None else float(gate_any[i]), not run_seg[i]) for i in range(n)]

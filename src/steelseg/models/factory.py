@@ -19,7 +19,7 @@ from steelseg.models.names import ARCHS, check_model_names, timm_name
 from steelseg.schema import FREEZE_STRIDES, ModelSpec, check_model_kwargs
 
 __all__ = ["ARCHS", "Segmenter", "check_model_names", "create_classifier", "create_model", "create_segmenter",
-           "depthwise_in_fp32", "freeze_to_stride"]
+           "depthwise_in_fp32", "freeze_to_stride", "gated_logits"]
 
 class Segmenter(nn.Module):
     """Wraps smp models: pads inputs to a multiple of the stride, crops logits back.
@@ -30,13 +30,28 @@ class Segmenter(nn.Module):
     images (NEU-Seg's 200x200) get finer features for boundaries at the cost of more pixels.
     """
 
-    def __init__(self, members: list[nn.Module], stride: int = 32, input_scale: float = 1.0) -> None:
+    def __init__(self, members: list[nn.Module], stride: int = 32, input_scale: float = 1.0,
+                 cls_head: bool = False) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.stride = stride
         self.input_scale = float(input_scale)
+        self.cls_head = bool(cls_head)  # members return (mask logits, image logits): see heads()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mask logits; with a classification head, the logits of the soft-gated probabilities
+        mask.sigmoid() * cls.sigmoid() (so every caller that applies a sigmoid gets the gated masks)."""
+        masks, cls = self._heads(x)
+        return masks if cls is None else gated_logits(masks, cls)
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask logits (B, K, H, W), image logits (B, K)) of a two-head segmenter."""
+        masks, cls = self._heads(x)
+        if cls is None:
+            raise ValueError("this segmenter has no classification head (model.cls_head)")
+        return masks, cls
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         size = x.shape[-2:]
         if self.input_scale != 1.0:
             x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
@@ -45,14 +60,34 @@ class Segmenter(nn.Module):
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        out = self.members_forward(x)[..., :h, :w]
+        masks, cls = self.members_heads(x)
+        masks = masks[..., :h, :w]
         if self.input_scale != 1.0:
-            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-        return out
+            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        return masks, cls
+
+    def members_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mask logits, image logits or None) on ``x`` as given: no resize, no padding (ONNX export pads
+        outside)."""
+        if self.cls_head:
+            masks, cls = self.members[0](x)
+            return masks, cls
+        if len(self.members) > 1:
+            return torch.cat([m(x) for m in self.members], dim=1), None
+        return self.members[0](x), None
 
     def members_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The members' logits on ``x`` as given: no resize, no padding (ONNX export pads outside)."""
-        return torch.cat([m(x) for m in self.members], dim=1) if len(self.members) > 1 else self.members[0](x)
+        """The members' (gated) logits on ``x`` as given: no resize, no padding."""
+        masks, cls = self.members_heads(x)
+        return masks if cls is None else gated_logits(masks, cls)
+
+
+def gated_logits(masks: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """logit(sigmoid(masks) * sigmoid(cls)) per pixel and class, computed in log space (4th place's soft
+    gate); ``cls`` is (B, K), broadcast over the image."""
+    lp = F.logsigmoid(masks) + F.logsigmoid(cls)[..., None, None]
+    lp = torch.clamp(lp, max=-1e-7)  # p < 1: log(1 - p) stays finite
+    return lp - torch.log1p(-torch.exp(lp))
 
 
 def _smp_model(arch: str, encoder: str, classes: int, in_channels: int, encoder_weights: str | None,
@@ -73,9 +108,15 @@ def create_segmenter(arch: str, encoder: str, classes: int, in_channels: int = 1
     check_model_names("segment", arch, encoder)
     kwargs = _checked_kwargs("segment", kwargs)
     input_scale = kwargs.pop("input_scale", 1.0)  # the wrapper's, not smp's
+    cls_head = bool(kwargs.pop("cls_head", False))
     hub = None if is_local(encoder_weights) else encoder_weights  # files and packages load below
     if per_class:
+        if cls_head:
+            raise ConfigError("model.cls_head needs one multi-class segmenter, not model.per_class")
         members = [_smp_model(arch, encoder, 1, in_channels, hub, **kwargs) for _ in range(classes)]
+    elif cls_head:  # smp's own classification head on the encoder's deepest features
+        members = [_smp_model(arch, encoder, classes, in_channels, hub,
+                              aux_params={"classes": classes, "dropout": 0.2}, **kwargs)]
     else:
         members = [_smp_model(arch, encoder, classes, in_channels, hub, **kwargs)]
     if is_local(encoder_weights):
@@ -83,7 +124,7 @@ def create_segmenter(arch: str, encoder: str, classes: int, in_channels: int = 1
         for m in members:
             target = m.encoder.model if encoder.startswith("tu-") else m.encoder
             load_pretrained(target, state, f"encoder {encoder}", in_channels)
-    return Segmenter(members, input_scale=input_scale)
+    return Segmenter(members, input_scale=input_scale, cls_head=cls_head)
 
 
 def create_classifier(encoder: str, classes: int, in_channels: int = 1,

@@ -57,6 +57,8 @@ class ModelConfig:
     encoder_weights: str | None = None  # None = random init (offline); "imagenet" when online
     per_class: bool = False  # one binary segmenter per class instead of one multi-class model
     binary: bool = False  # classify only: one "any defect" output instead of one per class
+    cls_head: bool = False  # segment only: an image-level classification head on the encoder (4th place):
+    # trained jointly (train.cls_weight), predictions soft-gated mask.sigmoid() * cls.sigmoid(), its own gate
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the smp / timm constructor;
     # input_scale (segment) resizes images by that factor inside the model, logits back (small images)
 
@@ -87,6 +89,7 @@ class TrainConfig:
     # run (cheaper steps), then at model.kwargs.input_scale, the scale predictions use; null = off
     low_res_share: float = 0.7  # share of the run (steps or time budget, whichever is further) at low_res_scale
     max_minutes: float | None = None  # wall-clock budget (Lightning max_time); the lr schedule ends with it
+    cls_weight: float = 0.5  # model.cls_head: weight of the classification head's BCE in the joint loss
     ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.998), null = off;
     # validation, best.safetensors and last.safetensors then use the averaged weights
     average_best: int = 0  # N >= 2: after training, average the weights of the N best validated epochs; kept as
@@ -181,6 +184,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_ranges(cfg)
     if cfg.model.binary and cfg.model.task != "classify":
         raise ConfigError("model.binary is for classifiers (model.task: classify)")
+    if cfg.model.cls_head:
+        if cfg.model.task != "segment" or cfg.model.per_class:
+            raise ConfigError("model.cls_head is for one multi-class segmenter (model.task: segment, "
+                              "model.per_class: false)")
+        cfg.model.kwargs = {**cfg.model.kwargs, "cls_head": True}  # the factory builds it; model.json records it
     for key in ("loss", "finetune_loss"):
         value = getattr(cfg.train, key)
         if cfg.model.task == "classify" and value is not None and value not in ("bce", "focal"):

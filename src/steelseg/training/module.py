@@ -125,10 +125,25 @@ class SteelsegModule(L.LightningModule):
             print(f"input_scale {t.low_res_scale} -> {self.final_scale} (model.kwargs.input_scale) from step "
                   f"{self.global_step} ({100 * self.progress():.0f}% of the run done)", file=sys.stderr, flush=True)
 
+    def _two_head_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """model.cls_head: the segmentation loss on the mask head plus train.cls_weight x BCE of the image
+        head against each class's presence in the mask."""
+        x = batch["image"]
+        if self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        masks, cls = self.model.heads(x)
+        target = self._target(batch)
+        present = target.flatten(2).amax(dim=2).to(cls.dtype)
+        cls_loss = nn.functional.binary_cross_entropy_with_logits(cls.float(), present.float())
+        self.log("train/cls_loss", cls_loss, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        return self._train_loss()(masks, target) + self.cfg.train.cls_weight * cls_loss
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._set_input_scale()
-        logits = self(batch["image"])
-        loss = self._train_loss()(logits, self._target(batch))
+        if getattr(self.model, "cls_head", False):
+            loss = self._two_head_loss(batch)
+        else:
+            loss = self._train_loss()(self(batch["image"]), self._target(batch))
         if not torch.isfinite(loss):  # training on would save a NaN "best" model
             raise TrainingError(
                 f"training loss is {float(loss)} at epoch {self.current_epoch + 1}, step {self.global_step}: "
