@@ -23,20 +23,26 @@ NAMES = ["pits", "streaks", "scratches", "blotches"]
 DEC = {"decoder_channels": [16, 16, 8, 8, 8]}
 
 
+TIRAMISU_KW = {"down_blocks": [2, 2, 2], "up_blocks": [2, 2, 2], "bottleneck_layers": 2, "growth_rate": 8,
+               "first_conv_out_channels": 16, "dropout_rate": 0.0}
+
+
 def model_folder(root: Path, task: str = "segment", arch: str = "unet", outputs: int = 4,
                  per_class: bool = False, seed: int = 0, extra: dict | None = None) -> Path:
     """A random-init tiny model saved as safetensors + model.json (``extra``: more model kwargs)."""
     torch.manual_seed(seed)
     kwargs = dict(DEC) if arch in ("unet", "unetplusplus") and task == "segment" else {}
+    kwargs.update(TIRAMISU_KW if arch == "tiramisu" else {})
     kwargs.update(extra or {})
+    encoder = "none" if arch == "tiramisu" else "tu-test_resnet"
     if task == "segment":
-        net = create_segmenter(arch, "tu-test_resnet", outputs, 1, per_class=per_class, **kwargs)
+        net = create_segmenter(arch, encoder, outputs, 1, per_class=per_class, **kwargs)
     else:
         net = create_classifier("test_resnet", outputs, 1)
     folder = root / f"{task}-{arch}-{outputs}-{int(per_class)}"
     folder.mkdir(parents=True)
     save_weights(net, folder / "best.safetensors")
-    spec = ModelSpec(task, "tu-test_resnet" if task == "segment" else "test_resnet", outputs, 1,
+    spec = ModelSpec(task, encoder if task == "segment" else "test_resnet", outputs, 1,
                      arch if task == "segment" else "", outputs == 1 and task == "classify", per_class, kwargs)
     write_model_json(folder, ModelMeta(spec, NAMES, InputMeta()))
     return folder
@@ -47,7 +53,7 @@ def images(n: int = 3, shape: tuple[int, int] = (64, 320), seed: int = 0) -> lis
     return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
 
 
-@pytest.mark.parametrize("arch", ["unet", "unetplusplus", "fpn", "deeplabv3plus", "pspnet", "linknet"])
+@pytest.mark.parametrize("arch", ["unet", "unetplusplus", "fpn", "deeplabv3plus", "pspnet", "linknet", "tiramisu"])
 def test_export_parity_each_architecture(arch, tmp_path) -> None:
     seg = model_folder(tmp_path, arch=arch)
     bundle = write_bundle(tmp_path / "b", [seg], [], PostProcess([0.5] * 4, [0] * 4), kind="plain")

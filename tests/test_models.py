@@ -15,10 +15,14 @@ DEC = {"decoder_channels": [16, 16, 8, 8, 8]}
 class TestSegmenters:
     """One tester for every architecture: tiny encoder, 64x64 input, odd sizes padded and cropped."""
 
-    @pytest.mark.parametrize("arch", ["unet", "unetplusplus", "fpn", "deeplabv3plus", "pspnet", "linknet"])
+    @pytest.mark.parametrize("arch", ["unet", "unetplusplus", "fpn", "deeplabv3plus", "pspnet", "linknet", "tiramisu"])
     def test_forward_shapes(self, arch: str) -> None:
         kw = DEC if arch in ("unet", "unetplusplus") else {}
-        m = create_segmenter(arch, TINY, classes=4, in_channels=1, **kw).eval()
+        if arch == "tiramisu":
+            pytest.importorskip("tiramisu_brulee")
+            kw = {"down_blocks": [2, 2], "up_blocks": [2, 2], "bottleneck_layers": 2, "growth_rate": 4,
+                  "first_conv_out_channels": 8}
+        m = create_segmenter(arch, "none" if arch == "tiramisu" else TINY, classes=4, in_channels=1, **kw).eval()
         with torch.no_grad():
             assert m(torch.zeros(2, 1, 64, 64)).shape == (2, 4, 64, 64)
             assert m(torch.zeros(1, 1, 50, 70)).shape == (1, 4, 50, 70)  # not a multiple of 32

@@ -181,3 +181,42 @@ def test_two_head_segmenter_trains_exports_and_gates_itself(synth_small, tmp_pat
     for a, b in zip(out, onnx_out):
         np.testing.assert_allclose(a.gate, b.gate, atol=1e-4)
         np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
+
+
+# ---- Tiramisu -------------------------------------------------------------------------------------------
+TIRAMISU = ("model.arch=tiramisu", "model.encoder=none",
+            "model.kwargs={down_blocks: [2, 2, 2], up_blocks: [2, 2, 2], bottleneck_layers: 2, growth_rate: 8, "
+            "first_conv_out_channels: 16, dropout_rate: 0.0}")
+
+
+def test_tiramisu_builds_trains_a_step_and_exports(synth_small, tmp_path) -> None:
+    pytest.importorskip("tiramisu_brulee")
+    from steelseg.inference.bundle import write_bundle
+    from steelseg.inference.export import export_bundle
+    from steelseg.inference.predictor import Predictor
+    from steelseg.models.checkpoint import load_model
+
+    result = fit(tiny_cfg(synth_small, tmp_path, *TIRAMISU, "train.limit_train_batches=1", "train.limit_val_batches=1"))
+    net, meta = load_model(result.run_dir / "model")
+    assert meta.model.arch == "tiramisu" and type(net.members[0]).__name__ == "Tiramisu2d"
+    with torch.no_grad():
+        assert net(torch.zeros(1, 1, 70, 300)).shape == (1, 4, 70, 300)  # any size: padded, cropped back
+    bundle = write_bundle(tmp_path / "bundle", [result.run_dir], kind="plain")
+    images = [np.random.default_rng(i).integers(0, 256, (64, 320), dtype=np.uint8) for i in range(2)]
+    export_bundle(bundle, tmp_path / "onnx", samples=images)  # the parity check inside must pass
+    a = Predictor.from_bundle(bundle).predict(images)
+    b = Predictor.from_bundle(tmp_path / "onnx").predict(images)
+    for p, q in zip(a, b):
+        np.testing.assert_allclose(p.probs, q.probs, atol=1e-4)
+
+
+def test_tiramisu_config_errors_say_what_to_set(synth_small, tmp_path) -> None:
+    from steelseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.encoder: none"):
+        tiny_cfg(synth_small, tmp_path, "model.arch=tiramisu", "model.encoder=resnet18", "model.kwargs={}")
+    with pytest.raises(ConfigError, match="1 to 5 layer counts"):
+        tiny_cfg(synth_small, tmp_path, "model.arch=tiramisu", "model.encoder=none",
+                 "model.kwargs={down_blocks: [2, 2, 2, 2, 2, 2], up_blocks: [2, 2, 2, 2, 2, 2]}")
+    with pytest.raises(ConfigError, match="growth_rate"):
+        tiny_cfg(synth_small, tmp_path, "model.arch=unet", "model.kwargs={growth_rate: 8}")

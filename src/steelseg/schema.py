@@ -225,11 +225,23 @@ SEGMENTER_KWARGS = {
 }
 FREEZE_STRIDES = (2, 4, 8, 16)  # train.freeze_stride (0 = off): the encoder's layers up to 1/N resolution
 CLASSIFIER_KWARGS = {"drop_rate": (0.0, 1.0), "drop_path_rate": (0.0, 1.0), "global_pool": None}
+# model.arch: tiramisu (FC-DenseNet, tiramisu-brulee's Tiramisu2d): a whole network, no encoder
+TIRAMISU_KWARGS = {"down_blocks": (1, 32), "up_blocks": (1, 32), "bottleneck_layers": (1, 64),
+                   "growth_rate": (1, 256), "first_conv_out_channels": (1, 1024), "dropout_rate": (0.0, 1.0),
+                   "input_scale": (0.25, 4.0)}
 
 
-def check_model_kwargs(task: str, kwargs: dict[str, Any], where: str = "model.kwargs") -> None:
+def check_model_kwargs(task: str, kwargs: dict[str, Any], where: str = "model.kwargs", arch: str = "") -> None:
     """Raise ValueError when a keyword is not one the model factory documents or is out of range."""
-    allowed = SEGMENTER_KWARGS if task == "segment" else CLASSIFIER_KWARGS
+    allowed = (TIRAMISU_KWARGS if arch == "tiramisu" else SEGMENTER_KWARGS) if task == "segment" else CLASSIFIER_KWARGS
+    if arch == "tiramisu":
+        for key in ("down_blocks", "up_blocks"):
+            if key in kwargs and (not isinstance(kwargs[key], (list, tuple)) or not 1 <= len(kwargs[key]) <= 5):
+                raise ValueError(f"{where}.{key}: {kwargs[key]!r}; a list of 1 to 5 layer counts, one per dense "
+                                 "block (each block halves the resolution; 5 keep it a divisor of the 32-pixel "
+                                 "padding), e.g. [4, 4, 4, 4]")
+        if len(kwargs.get("down_blocks", [0] * 5)) != len(kwargs.get("up_blocks", [0] * 5)):
+            raise ValueError(f"{where}: down_blocks and up_blocks need the same number of blocks")
     for key, value in kwargs.items():
         if key not in allowed:
             raise ValueError(f"{where}.{key}: not an accepted model argument; accepted for "
@@ -271,7 +283,7 @@ class ModelSpec:
             raise ValueError(f"in_channels: {self.in_channels} (1 or 3)")
         if self.task == "segment" and not self.arch:
             raise ValueError("arch: empty; a segmenter needs an architecture such as unet")
-        check_model_kwargs(self.task, self.kwargs, "kwargs")
+        check_model_kwargs(self.task, self.kwargs, "kwargs", self.arch)
 
 
 @dataclass

@@ -90,8 +90,28 @@ def gated_logits(masks: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     return lp - torch.log1p(-torch.exp(lp))
 
 
+def _tiramisu(classes: int, in_channels: int, encoder_weights: str | None, **kwargs: Any) -> nn.Module:
+    """FC-DenseNet (Jegou et al. 2017, "The One Hundred Layers Tiramisu") from tiramisu-brulee, which needs
+    nothing but torch; its defaults are the paper's FC-DenseNet67-like 5x5 blocks."""
+    if encoder_weights:
+        raise ConfigError("model.arch: tiramisu has no pretrained weights; set model.encoder_weights: null")
+    try:
+        from tiramisu_brulee.model import Tiramisu2d
+    except ImportError as exc:
+        raise ConfigError(f"model.arch: tiramisu needs the tiramisu extra: pip install 'steelseg[tiramisu]' "
+                          f"({exc})") from None
+    for key in ("down_blocks", "up_blocks"):
+        if key in kwargs:
+            kwargs[key] = tuple(int(v) for v in kwargs[key])
+    return Tiramisu2d(in_channels=in_channels, out_channels=classes, **kwargs)
+
+
 def _smp_model(arch: str, encoder: str, classes: int, in_channels: int, encoder_weights: str | None,
                **kwargs: Any) -> nn.Module:
+    if arch == "tiramisu":
+        if kwargs.pop("aux_params", None) is not None:
+            raise ConfigError("model.cls_head: not available for model.arch tiramisu")
+        return _tiramisu(classes, in_channels, encoder_weights, **kwargs)
     import segmentation_models_pytorch as smp
 
     cls = getattr(smp, ARCHS[arch])
@@ -106,7 +126,7 @@ def create_segmenter(arch: str, encoder: str, classes: int, in_channels: int = 1
     from steelseg.models.pretrained import is_local, load_pretrained, pretrained_state
 
     check_model_names("segment", arch, encoder)
-    kwargs = _checked_kwargs("segment", kwargs)
+    kwargs = _checked_kwargs("segment", kwargs, arch)
     input_scale = kwargs.pop("input_scale", 1.0)  # the wrapper's, not smp's
     cls_head = bool(kwargs.pop("cls_head", False))
     hub = None if is_local(encoder_weights) else encoder_weights  # files and packages load below
@@ -152,9 +172,9 @@ def create_model(spec: ModelSpec) -> nn.Module:
     return create_classifier(spec.encoder, spec.outputs, spec.in_channels, None, **spec.kwargs)
 
 
-def _checked_kwargs(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _checked_kwargs(task: str, kwargs: dict[str, Any], arch: str = "") -> dict[str, Any]:
     try:
-        check_model_kwargs(task, kwargs)
+        check_model_kwargs(task, kwargs, arch=arch)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return {k: v for k, v in kwargs.items() if v is not None}

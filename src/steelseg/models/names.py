@@ -7,7 +7,7 @@ import difflib
 
 from steelseg.errors import ConfigError
 
-__all__ = ["ARCHS", "check_model_names", "timm_name"]
+__all__ = ["ARCHS", "NO_ENCODER", "check_model_names", "timm_name"]
 
 # name -> smp class name; one plain dict is the registry.
 ARCHS = {
@@ -22,7 +22,9 @@ ARCHS = {
     "pan": "PAN",
     "upernet": "UPerNet",
     "segformer": "Segformer",
+    "tiramisu": "Tiramisu2d",  # FC-DenseNet from tiramisu-brulee (the tiramisu extra), no encoder
 }
+NO_ENCODER = {"tiramisu"}  # whole networks: model.encoder must be none
 
 
 def _suggest(name: str, options: list[str], what: str, n_list: int = 12) -> str:
@@ -48,6 +50,11 @@ def check_model_names(task: str, arch: str, encoder: str) -> None:
     if task == "segment":
         if arch not in ARCHS:
             raise ConfigError("model.arch: " + _suggest(arch, sorted(ARCHS), "architecture"))
+        if arch in NO_ENCODER:
+            if encoder not in ("none", ""):
+                raise ConfigError(f"model.encoder: {encoder!r}; {arch} is a whole network with no separate "
+                                  "encoder: set model.encoder: none")
+            return
         if encoder.startswith("tu-"):
             names = _timm_names()
             if encoder[3:] not in names:

@@ -52,7 +52,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     task: str = "segment"  # segment | classify
-    arch: str = "unet"  # unet, unetplusplus, fpn, deeplabv3plus, pspnet, linknet, manet, pan
+    arch: str = "unet"  # unet, unetplusplus, fpn, deeplabv3plus, pspnet, linknet, manet, pan, ...; tiramisu
+    # (FC-DenseNet: a whole network, model.encoder: none; model.kwargs down_blocks, growth_rate, ...)
     encoder: str = "resnet18"  # any smp encoder, or a timm one as tu-NAME (tu-xception41)
     encoder_weights: str | None = None  # None = random init (offline); "imagenet" when online
     per_class: bool = False  # one binary segmenter per class instead of one multi-class model
@@ -262,7 +263,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         _need(all(_finite(v) and v > 0 for v in t.pos_weight), "train.pos_weight", t.pos_weight,
               "every value must be > 0")
     try:
-        check_model_kwargs(cfg.model.task, cfg.model.kwargs)
+        check_model_kwargs(cfg.model.task, cfg.model.kwargs, arch=cfg.model.arch)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     from steelseg.models.pretrained import required_normalisation
