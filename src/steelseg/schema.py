@@ -353,7 +353,7 @@ class ModelMeta:
 
 # ---- bundle.json ------------------------------------------------------------------------------
 BUNDLE_KINDS = ("pipeline", "plain", "all-empty")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
 
 
 @dataclass

@@ -54,7 +54,7 @@ def add_tile_args(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default=None, choices=["torch", "onnx"],
+    p.add_argument("--backend", default=None, choices=["torch", "onnx", "openvino"],
                    help="force a backend (default: what the bundle's model files are)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all cores)")
 

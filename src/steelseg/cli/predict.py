@@ -229,6 +229,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     refuse_existing(args.out, args.overwrite, "bundle")
     data = load_export_data(args.bundle, args.data, args.calib, args.val)
     samples = data["val"][:args.samples]
+    if args.format == "openvino":
+        return _export_openvino(args, data, samples)
+    if args.precision not in (None, "fp32") or args.keep_fp32:
+        raise SteelsegError("--precision and --keep-fp32 are for --format openvino; ONNX takes --quantize int8")
     quant = bool(args.quantize)
     rep = export_bundle(args.bundle, args.out, samples, args.quantize, data["calib"] if quant else (),
                         data["val"] if quant else (), data["val_masks"] if quant else (), args.max_dice_drop,
@@ -242,6 +246,32 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"int8: Kaggle Dice {rep.dice_before:.4f} -> {rep.dice_after:.4f} on {len(data['val'])} validation "
               f"images; {rep.speed_fp32:.2f} -> {rep.speed_int8:.2f} images/s "
               f"({rep.speed_int8 / rep.speed_fp32:.2f}x)")
+    print(f"wrote {rep.out} in {rep.seconds:.1f}s (predict with: steelseg predict {rep.out} IMAGES --out DIR)")
+    return 0
+
+
+def _export_openvino(args: argparse.Namespace, data: dict[str, Any], samples: list[Any]) -> int:
+    from steelseg.inference.export_openvino import export_openvino
+
+    precision = args.precision or ("int8" if args.quantize else "fp32")
+    keep = [n.strip() for n in (args.keep_fp32 or "").split(",") if n.strip()]
+    reduced = precision != "fp32"
+    rep = export_openvino(args.bundle, args.out, samples, precision, data["calib"] if reduced else (),
+                          data["val"] if reduced else (), data["val_masks"] if reduced else (), args.max_dice_drop,
+                          args.threads, args.overwrite, args.opset, keep)
+    same = "masks identical" if rep.masks_identical else \
+        f"masks identical but for {rep.threshold_pixels} pixel(s) whose probability is within 1e-3 of the threshold"
+    print(f"OpenVINO IR parity on {len(samples)} images: max |p_ov - p_torch| = {rep.parity_max_abs:.2e}, {same}")
+    if reduced:
+        print(f"{precision}: Kaggle Dice {rep.dice_before:.4f} -> {rep.dice_after:.4f} on {len(data['val'])} "
+              f"validation images; {rep.speed_fp32:.2f} -> {rep.speed_int8:.2f} images/s "
+              f"({rep.speed_int8 / rep.speed_fp32:.2f}x)")
+    if precision == "int8":
+        kept = json.loads((Path(args.out) / "bundle.json").read_text())["export"].get("fp32_layers", {})
+        for model, layers in kept.items():
+            print(f"{model}: {len(layers)} layer(s) kept in fp32" + (f": {', '.join(layers[:8])}"
+                                                                     + (" ..." if len(layers) > 8 else "")
+                                                                     if layers else ""))
     print(f"wrote {rep.out} in {rep.seconds:.1f}s (predict with: steelseg predict {rep.out} IMAGES --out DIR)")
     return 0
 
@@ -334,7 +364,13 @@ def register(sub: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="bundle folder with PyTorch models (steelseg tune / steelseg bundle)")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "openvino"], help="export format: onnx (ONNX "
+                   "Runtime) or openvino (OpenVINO IR; the openvino extra)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "int8"], help="openvino: fp32 (default), "
+                   "bf16 (AVX-512 BF16 / AMX CPUs) or int8 (NNCF; layers that cost Dice stay fp32); bf16 and int8 "
+                   "are refused past --max-dice-drop")
+    p.add_argument("--keep-fp32", default=None, help="openvino int8: comma-separated layer names to keep in fp32 from "
+                   "the start (an earlier export's bundle.json export.fp32_layers)")
     p.add_argument("--quantize", default=None, choices=["int8"], help="static int8 quantisation (QDQ, per-channel)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--data", default=None, help="labelled dataset for samples, calibration and validation "

@@ -162,11 +162,11 @@ def model_format(folder: Path, meta: ModelMeta | None = None) -> str:
     """``torch`` (best.safetensors) or ``onnx`` (model.onnx named in model.json) for a model folder;
     ``meta`` is its model.json when the caller has read it already."""
     meta = meta or read_model_json(folder)
-    if meta.weights and meta.weights.get("format") == "onnx":
-        return "onnx"
+    if meta.weights and meta.weights.get("format") in ("onnx", "openvino"):
+        return str(meta.weights["format"])
     if (folder / "best.safetensors").is_file():
         return "torch"
-    raise DataError(f"{folder / 'best.safetensors'}: missing, and model.json names no ONNX file")
+    raise DataError(f"{folder / 'best.safetensors'}: missing, and model.json names no ONNX or OpenVINO file")
 
 
 def load_runner(folder: Path, backend: str, device: str = "cpu", which: str = "best",
@@ -175,13 +175,18 @@ def load_runner(folder: Path, backend: str, device: str = "cpu", which: str = "b
     meta = meta or read_model_json(folder)
     fmt = model_format(folder, meta)
     if backend != fmt:
-        have = "ONNX files only (steelseg export keeps no PyTorch weights)" if fmt == "onnx" else \
-            "PyTorch weights only (make ONNX files with `steelseg export`)"
+        have = {"onnx": "ONNX files only (steelseg export keeps no PyTorch weights)",
+                "openvino": "OpenVINO IR only (steelseg export --format openvino keeps no PyTorch weights)",
+                "torch": "PyTorch weights only (make ONNX or OpenVINO files with `steelseg export`)"}[fmt]
         raise DataError(f"{folder}: backend {backend} asked for, but this model has {have}")
+    if fmt in ("onnx", "openvino") and device not in ("cpu", "auto"):
+        raise DataError(f"{folder}: the {fmt} backend runs on the CPU; use --device cpu or --backend torch")
     if fmt == "onnx":
-        if device not in ("cpu", "auto"):
-            raise DataError(f"{folder}: the ONNX backend runs on the CPU; use --device cpu or --backend torch")
         return OnnxRunner(folder, meta, threads)
+    if fmt == "openvino":
+        from steelseg.inference.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(folder, meta, threads)
     if threads:
         import torch
 

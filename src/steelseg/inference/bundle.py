@@ -42,10 +42,9 @@ def bundle_backend(metas: dict[Path, ModelMeta]) -> str:
     is refused by name."""
     formats = {d: model_format(d, meta) for d, meta in metas.items()}
     if len(set(formats.values())) > 1:
-        onnx = [str(d) for d, f in formats.items() if f == "onnx"]
-        torch = [str(d) for d, f in formats.items() if f == "torch"]
-        raise DataError(f"models mix formats: ONNX in {', '.join(onnx)}; PyTorch in {', '.join(torch)}. "
-                        "Export the whole bundle with `steelseg export`")
+        parts = "; ".join(f"{f} in {', '.join(str(d) for d, g in formats.items() if g == f)}"
+                          for f in sorted(set(formats.values())))
+        raise DataError(f"models mix formats: {parts}. Export the whole bundle with `steelseg export`")
     return next(iter(formats.values()))
 
 

@@ -33,7 +33,7 @@ from steelseg.inference.predictor import Predictor
 from steelseg.models.checkpoint import read_model_json, write_model_json
 from steelseg.schema import ModelMeta, to_dict
 
-__all__ = ["ExportError", "ExportReport", "export_bundle"]
+__all__ = ["ExportError", "ExportReport", "bundle_dice", "compare_predictors", "export_bundle", "images_per_second"]
 
 DEFAULT_OPSET = 17
 PROB_TOLERANCE = 1e-3  # fp32 ONNX vs PyTorch: differences are float rounding, far below this
@@ -154,7 +154,7 @@ def _sample_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [im for im in images if im.shape[:2] == shape]
 
 
-def _compare(torch_pred: Predictor, onnx_pred: Predictor, images: Sequence[np.ndarray]) -> tuple[float, int, int]:
+def compare_predictors(torch_pred: Predictor, onnx_pred: Predictor, images: Sequence[np.ndarray]) -> tuple[float, int, int]:
     """(max absolute probability difference, mask pixels that differ, of those the ones whose PyTorch
     probability is not within the tolerance of its class threshold) over ``images``.
 
@@ -177,7 +177,7 @@ def _compare(torch_pred: Predictor, onnx_pred: Predictor, images: Sequence[np.nd
     return worst, differ, real
 
 
-def _dice(predictor: Predictor, images: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> float:
+def bundle_dice(predictor: Predictor, images: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> float:
     from steelseg import metrics
 
     acc = metrics.DiceAccumulator()
@@ -186,7 +186,7 @@ def _dice(predictor: Predictor, images: Sequence[np.ndarray], truths: Sequence[n
     return acc.compute().mean
 
 
-def _speed(predictor: Predictor, images: Sequence[np.ndarray]) -> float:
+def images_per_second(predictor: Predictor, images: Sequence[np.ndarray]) -> float:
     predictor.predict(images[:1])  # warm-up
     t0 = time.perf_counter()
     predictor.predict(images)
@@ -269,7 +269,7 @@ def export_bundle(bundle: str | Path, out: str | Path, samples: Sequence[np.ndar
         exported = {**to_dict(info), "backend": "onnx", "export": {"opset": opset, "quantize": None}}
         atomic_json(stage / BUNDLE_JSON, exported)
         onnx_pred = Predictor.from_bundle(stage, backend="onnx", threads=threads)
-        diff, differ, real = _compare(torch_pred, onnx_pred, samples)
+        diff, differ, real = compare_predictors(torch_pred, onnx_pred, samples)
         report.parity_max_abs, report.masks_identical, report.threshold_pixels = diff, differ == 0, differ
         if diff > PROB_TOLERANCE or real:
             raise ExportError(f"ONNX output differs from PyTorch on {len(samples)} sample images: max |dp| = "
@@ -289,8 +289,8 @@ def export_bundle(bundle: str | Path, out: str | Path, samples: Sequence[np.ndar
 def _int8(stage: Path, fp32: Predictor, calib_images: Sequence[np.ndarray], val_images: Sequence[np.ndarray],
           val_masks: Sequence[np.ndarray], max_drop: float, report: ExportReport, threads: int | None) -> None:
     """Quantise every model in ``stage`` in place, or raise ExportError when Dice drops too much."""
-    report.dice_before = _dice(fp32, val_images, val_masks)
-    report.speed_fp32 = _speed(fp32, val_images)
+    report.dice_before = bundle_dice(fp32, val_images, val_masks)
+    report.speed_fp32 = images_per_second(fp32, val_images)
     shape = calib_images[0].shape[:2]
     calib = [im for im in calib_images if im.shape[:2] == shape]
     for runner in fp32.segmenters + fp32.classifiers:
@@ -302,8 +302,8 @@ def _int8(stage: Path, fp32: Predictor, calib_images: Sequence[np.ndarray], val_
         meta = read_model_json(folder)
         write_model_json(folder, replace(meta, weights={**(meta.weights or {}), "quantized": "int8"}))
     int8 = Predictor.from_bundle(stage, backend="onnx", threads=threads)
-    report.dice_after = _dice(int8, val_images, val_masks)
-    report.speed_int8 = _speed(int8, val_images)
+    report.dice_after = bundle_dice(int8, val_images, val_masks)
+    report.speed_int8 = images_per_second(int8, val_images)
     drop = report.dice_before - report.dice_after
     if drop > max_drop:
         raise ExportError(f"int8 lowers Kaggle mean Dice from {report.dice_before:.4f} to {report.dice_after:.4f} "

@@ -1,0 +1,119 @@
+"""OpenVINO: the runner (``--backend openvino``) and the export (``steelseg export --format openvino``).
+
+The export goes PyTorch -> ONNX (steelseg's own export, with its parity check) -> OpenVINO IR
+(``model.xml`` + ``model.bin``, fp32 weights), and checks the IR against PyTorch again. Precisions:
+
+* ``fp32``: the IR run in float32 (``INFERENCE_PRECISION_HINT f32``: OpenVINO would otherwise pick bf16
+  on CPUs that have it);
+* ``bf16``: the same IR run in bfloat16 on CPUs with AVX-512 BF16 / AMX; guarded by Kaggle Dice on
+  validation images (``--max-dice-drop``), as int8 is;
+* ``int8``: NNCF post-training quantisation calibrated on training images. When the Dice drop exceeds
+  ``--max-dice-drop``, NNCF's accuracy-aware quantisation ranks the quantised layers by how much each
+  costs in Dice on the validation images and returns the most sensitive ones to fp32 until the drop
+  is within the limit. The layers kept in fp32 are listed in bundle.json (``export.fp32_layers``) and
+  model.json, so a later export can start from them.
+
+The precision lives in each model.json (``weights.precision``); the runner compiles each model once, with
+the thread count asked for. NumPy in, NumPy out; padding to the stride as the ONNX runner does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steelseg.errors import DataError
+from steelseg.schema import ModelMeta
+
+__all__ = ["IR_FILE", "PRECISIONS", "OpenVinoRunner", "compile_config", "fp32_layers", "openvino_module", "ov_core"]
+
+IR_FILE = "model.xml"
+PRECISIONS = ("fp32", "bf16", "int8")
+_CORE: Any = None
+
+
+def openvino_module() -> Any:
+    try:
+        import openvino as ov
+    except ImportError as exc:  # pragma: no cover - the openvino extra is missing
+        raise DataError(f"OpenVINO models need openvino: pip install 'steelseg[openvino]' ({exc})") from None
+    return ov
+
+
+def ov_core() -> Any:
+    """One OpenVINO Core per process (it caches devices and plugins)."""
+    global _CORE
+    if _CORE is None:
+        _CORE = openvino_module().Core()
+    return _CORE
+
+
+def compile_config(precision: str, threads: int | None) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                           "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = int(threads)
+    return cfg
+
+
+class OpenVinoRunner:
+    """A model folder's OpenVINO IR, compiled once for the CPU at its precision."""
+
+    def __init__(self, folder: Path, meta: ModelMeta, threads: int | None = None) -> None:
+        from steelseg.inference.backends import STRIDE
+
+        info = meta.weights or {}
+        self.meta, self.source = meta, folder
+        self.precision = str(info.get("precision", "fp32"))
+        if self.precision not in PRECISIONS:
+            raise DataError(f"{folder / 'model.json'}: weights.precision {self.precision!r}; one of {PRECISIONS}")
+        path = folder / str(info.get("file", IR_FILE))
+        if not path.is_file() or not path.with_suffix(".bin").is_file():
+            raise DataError(f"{path}: missing, or its weights {path.with_suffix('.bin').name} are (model.json names "
+                            "it as the model's weights)")
+        core = ov_core()
+        try:
+            model = core.read_model(str(path))
+            self.compiled = core.compile_model(model, "CPU", compile_config(self.precision, threads))
+        except Exception as exc:  # OpenVINO raises RuntimeError with a long trace
+            raise DataError(f"{path}: not a loadable OpenVINO model ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0][:300]}); was it truncated or overwritten?") from None
+        self.request = self.compiled.create_infer_request()
+        self.segment = meta.model.task == "segment"
+        self.pad = self.segment and info.get("stride", STRIDE) is not None
+        self.n_out = len(self.compiled.outputs)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run_both(x)[0]
+
+    def run_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        from steelseg.inference.backends import pad_to_stride
+
+        h, w = x.shape[-2:]
+        if self.pad:
+            x = pad_to_stride(x)
+        self.request.infer({0: np.ascontiguousarray(x, np.float32)})
+        outs = [np.array(self.request.get_output_tensor(i).data, copy=True) for i in range(self.n_out)]
+        probs = outs[0][..., :h, :w] if self.segment else outs[0]
+        return np.ascontiguousarray(probs), outs[1] if self.n_out > 1 else None
+
+
+def fp32_layers(model: Any) -> list[str]:
+    """The convolutions and matrix products of an int8 model that NNCF left in fp32: those whose weights
+    do not come through a FakeQuantize (or a compressed int8 constant)."""
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"):
+            continue
+        src = op.input_value(1).get_node()
+        seen = 0
+        while src.get_type_name() in ("Convert", "Reshape", "Multiply", "Subtract", "Unsqueeze") and seen < 6:
+            src = src.input_value(0).get_node()
+            seen += 1
+        quantized = src.get_type_name() == "FakeQuantize" or (
+            src.get_type_name() == "Constant" and src.get_element_type().get_type_name() in ("i8", "u8"))
+        if not quantized:
+            out.append(op.get_friendly_name())
+    return out

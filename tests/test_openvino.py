@@ -1,0 +1,102 @@
+"""OpenVINO: export with parity for a tiny U-Net and a classifier, the same submission as PyTorch, bf16 and
+int8 guarded by Dice, int8 layers kept in fp32 stored and reloaded, a corrupt IR named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed (make test installs it)")
+pytest.importorskip("nncf", reason="the openvino extra is not installed (make test installs it)")
+
+from steelseg.errors import DataError  # noqa: E402
+from steelseg.inference.bundle import write_bundle  # noqa: E402
+from steelseg.inference.export import ExportError  # noqa: E402
+from steelseg.inference.export_openvino import export_openvino  # noqa: E402
+from steelseg.inference.postprocess import PostProcess  # noqa: E402
+from steelseg.inference.predict import predict_folder  # noqa: E402
+from steelseg.inference.predictor import Predictor  # noqa: E402
+
+from .test_export import images, model_folder  # noqa: E402
+
+
+@pytest.fixture()
+def bundle(tmp_path):
+    seg = model_folder(tmp_path, arch="unet")
+    cls = model_folder(tmp_path, task="classify")
+    return write_bundle(tmp_path / "b", [seg], [cls], PostProcess([0.5] * 4, [0] * 4), kind="pipeline")
+
+
+def _masks(preds) -> list[np.ndarray]:
+    return [p.masks for p in preds]
+
+
+def test_openvino_export_parity_and_same_submission(bundle, tmp_path) -> None:
+    rep = export_openvino(bundle, tmp_path / "ov", images())
+    assert rep.parity_max_abs < 1e-3
+    info = json.loads((tmp_path / "ov" / "bundle.json").read_text())
+    assert info["backend"] == "openvino" and info["export"]["precision"] == "fp32"
+    for sub in ("segmenters", "classifiers"):
+        folder = tmp_path / "ov" / sub / "0"
+        assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
+        assert not (folder / "model.onnx").exists() and not (folder / "best.safetensors").exists()
+    ov = Predictor.from_bundle(tmp_path / "ov", threads=1)
+    assert ov.backend == "openvino"
+    other = images(2, (50, 200), seed=1)  # another size, odd sides: padded and cropped back
+    for a, b in zip(Predictor.from_bundle(bundle).predict(other), ov.predict(other)):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
+        np.testing.assert_allclose(a.gate, b.gate, atol=1e-4)
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(images(4, seed=3)):
+        Image.fromarray(im).save(folder / f"s{i}.png")
+    predict_folder(bundle, folder, tmp_path / "p-torch")
+    predict_folder(tmp_path / "ov", folder, tmp_path / "p-ov")
+    assert (tmp_path / "p-torch" / "submission.csv").read_text() == (tmp_path / "p-ov" / "submission.csv").read_text()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_refuses_a_negative_allowed_drop(bundle, tmp_path, precision) -> None:
+    ims = images(4)
+    truth = [np.zeros((64, 320, 4), np.uint8) for _ in ims]
+    with pytest.raises(ExportError, match=f"OpenVINO {precision} lowers Kaggle mean Dice"):
+        export_openvino(bundle, tmp_path / "ov", ims[:2], precision, ims, ims, truth, max_dice_drop=-1.0)
+    assert not (tmp_path / "ov").exists()
+
+
+def test_int8_layers_kept_in_fp32_are_stored_and_reloaded(tmp_path) -> None:
+    seg = model_folder(tmp_path, arch="unet")
+    b = write_bundle(tmp_path / "b", [seg], [], PostProcess([0.5] * 4, [0] * 4), kind="plain")
+    ims = images(6)
+    truth = [(im[..., None] > 200).repeat(4, axis=2).astype(np.uint8) for im in ims]
+    first = export_openvino(b, tmp_path / "ov1", ims[:2], "int8", ims, ims, truth, max_dice_drop=1.0)
+    assert first.dice_after is not None
+    import openvino as ov
+
+    model = ov.Core().read_model(str(tmp_path / "ov1" / "segmenters" / "0" / "model.xml"))
+    convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    keep = convs[:2]  # the first two convolutions stay fp32
+    export_openvino(b, tmp_path / "ov2", ims[:2], "int8", ims, ims, truth, max_dice_drop=1.0, keep_fp32=keep)
+    info = json.loads((tmp_path / "ov2" / "bundle.json").read_text())
+    stored = info["export"]["fp32_layers"]["segmenters/0"]
+    assert set(keep) <= set(stored)
+    meta = json.loads((tmp_path / "ov2" / "segmenters" / "0" / "model.json").read_text())
+    assert meta["weights"]["precision"] == "int8" and set(keep) <= set(meta["weights"]["fp32_layers"])
+    pred = Predictor.from_bundle(tmp_path / "ov2")
+    assert pred.segmenters[0].precision == "int8" and pred.predict(ims[:1])[0].probs.shape == (64, 320, 4)
+    from steelseg.inference.openvino import fp32_layers
+
+    reread = ov.Core().read_model(str(tmp_path / "ov2" / "segmenters" / "0" / "model.xml"))
+    assert set(keep) <= set(fp32_layers(reread))  # the IR itself keeps them in fp32
+
+
+def test_a_corrupt_ir_file_is_named(bundle, tmp_path) -> None:
+    export_openvino(bundle, tmp_path / "ov", images())
+    xml = tmp_path / "ov" / "segmenters" / "0" / "model.xml"
+    xml.write_text(xml.read_text()[:500])
+    with pytest.raises(DataError, match=r"segmenters/0/model.xml: not a loadable OpenVINO model"):
+        Predictor.from_bundle(tmp_path / "ov")
