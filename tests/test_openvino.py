@@ -22,27 +22,35 @@ from steelseg.inference.predictor import Predictor  # noqa: E402
 from .test_export import images, model_folder  # noqa: E402
 
 
-@pytest.fixture()
-def bundle(tmp_path):
-    seg = model_folder(tmp_path, arch="unet")
-    cls = model_folder(tmp_path, task="classify")
-    return write_bundle(tmp_path / "b", [seg], [cls], PostProcess([0.5] * 4, [0] * 4), kind="pipeline")
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ovb")
+    seg = model_folder(root, arch="unet")
+    cls = model_folder(root, task="classify")
+    return write_bundle(root / "b", [seg], [cls], PostProcess([0.5] * 4, [0] * 4), kind="pipeline")
+
+
+@pytest.fixture(scope="module")
+def exported(bundle, tmp_path_factory):
+    """The bundle exported once as fp32 IR, with its report."""
+    out = tmp_path_factory.mktemp("ov") / "ov"
+    return out, export_openvino(bundle, out, images())
 
 
 def _masks(preds) -> list[np.ndarray]:
     return [p.masks for p in preds]
 
 
-def test_openvino_export_parity_and_same_submission(bundle, tmp_path) -> None:
-    rep = export_openvino(bundle, tmp_path / "ov", images())
+def test_openvino_export_parity_and_same_submission(bundle, exported, tmp_path) -> None:
+    ov_dir, rep = exported
     assert rep.parity_max_abs < 1e-3
-    info = json.loads((tmp_path / "ov" / "bundle.json").read_text())
+    info = json.loads((ov_dir / "bundle.json").read_text())
     assert info["backend"] == "openvino" and info["export"]["precision"] == "fp32"
     for sub in ("segmenters", "classifiers"):
-        folder = tmp_path / "ov" / sub / "0"
+        folder = ov_dir / sub / "0"
         assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
         assert not (folder / "model.onnx").exists() and not (folder / "best.safetensors").exists()
-    ov = Predictor.from_bundle(tmp_path / "ov", threads=1)
+    ov = Predictor.from_bundle(ov_dir, threads=1)
     assert ov.backend == "openvino"
     other = images(2, (50, 200), seed=1)  # another size, odd sides: padded and cropped back
     for a, b in zip(Predictor.from_bundle(bundle).predict(other), ov.predict(other)):
@@ -55,7 +63,7 @@ def test_openvino_export_parity_and_same_submission(bundle, tmp_path) -> None:
     for i, im in enumerate(images(4, seed=3)):
         Image.fromarray(im).save(folder / f"s{i}.png")
     predict_folder(bundle, folder, tmp_path / "p-torch")
-    predict_folder(tmp_path / "ov", folder, tmp_path / "p-ov")
+    predict_folder(ov_dir, folder, tmp_path / "p-ov")
     assert (tmp_path / "p-torch" / "submission.csv").read_text() == (tmp_path / "p-ov" / "submission.csv").read_text()
 
 
@@ -94,8 +102,10 @@ def test_int8_layers_kept_in_fp32_are_stored_and_reloaded(tmp_path) -> None:
     assert set(keep) <= set(fp32_layers(reread))  # the IR itself keeps them in fp32
 
 
-def test_a_corrupt_ir_file_is_named(bundle, tmp_path) -> None:
-    export_openvino(bundle, tmp_path / "ov", images())
+def test_a_corrupt_ir_file_is_named(exported, tmp_path) -> None:
+    import shutil
+
+    shutil.copytree(exported[0], tmp_path / "ov")
     xml = tmp_path / "ov" / "segmenters" / "0" / "model.xml"
     xml.write_text(xml.read_text()[:500])
     with pytest.raises(DataError, match=r"segmenters/0/model.xml: not a loadable OpenVINO model"):
