@@ -208,7 +208,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tta = True if args.tta else (False if args.no_tta else None)
     res = predict_folder(args.bundle, args.images, args.out, args.overlays, args.labels, tta,
                          device(args.device), progress=sys.stderr.isatty(), backend=args.backend,
-                         threads=args.threads, recursive=args.recursive, tile=args.tile, overlap=args.overlap)
+                         threads=args.threads, recursive=args.recursive, tile=args.tile, overlap=args.overlap,
+                         prefetch={"on": True, "off": False}.get(args.prefetch))
     if res["skipped_files"]:
         print(f"skipped {len(res['skipped_files'])} file(s) or folder(s) that are not images "
               f"(all listed in predict.json): {', '.join(res['skipped_files'][:20])}"
@@ -349,6 +350,8 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, auto")
     p.add_argument("--recursive", action="store_true",
                    help="read subfolders too (ImageId is then the path under IMAGES, e.g. line2/a.jpg)")
+    p.add_argument("--prefetch", default="auto", choices=["auto", "on", "off"], help="decode the next images in a "
+                   "thread while the model runs (auto: on with more than 2 cores; bench/predict_stream.py measures it)")
     add_tile_args(p, "default: the bundle's setting, else whole images")
     add_backend_args(p)
     p.set_defaults(func=cmd_predict)

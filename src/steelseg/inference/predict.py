@@ -50,7 +50,7 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
                    labels: str | Path | None = None, tta: bool | None = None, device: str = "cpu",
                    progress: bool = False, min_size: int = 16, backend: str | None = None,
                    threads: int | None = None, recursive: bool = False, tile: int | None = None,
-                   overlap: int | None = None) -> dict[str, Any]:
+                   overlap: int | None = None, prefetch: bool | None = None) -> dict[str, Any]:
     """Write ``out/submission.csv`` (and overlays) for every image in ``images_dir``.
 
     Files that are not images, and subfolders unless ``recursive``, are listed as skipped. Overlays
@@ -77,7 +77,8 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
     with contextlib.ExitStack() as stack:
         sub = stack.enter_context(SubmissionWriter(out / "submission.csv", class_ids))
         pics = stack.enter_context(staged_dir(out / "overlays", True, "overlays")) if overlays else None
-        for image_id, (path, pred) in zip(ids, predictor.predict_paths(images, progress=progress)):
+        stream = predictor.predict_paths(images, progress=progress, prefetch=prefetch)
+        for image_id, (path, pred) in zip(ids, stream):
             sub.add(image_id, pred.masks)
             true = None
             if truth is not None and image_id in labelled:

@@ -6,7 +6,10 @@ post-processing are written once for PyTorch and ONNX Runtime alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,20 +226,73 @@ class Predictor:
         return [self._finish(probs[i], None if gate is None else gate[i],
                              None if gate_any is None else float(gate_any[i]), not run_seg[i]) for i in range(n)]
 
-    def predict_paths(self, paths: Iterable[str | Path], progress: bool = False) -> Iterable[tuple[Path, Prediction]]:
+    def predict_paths(self, paths: Iterable[str | Path], progress: bool = False,
+                      prefetch: bool | None = None) -> Iterable[tuple[Path, Prediction]]:
         """Yield (path, prediction) for image files, reading them in batches as stored (gray or
-        colour); each model's input is then made by :func:`steelseg.data.images.to_input`."""
+        colour); each model's input is then made by :func:`steelseg.data.images.to_input`.
+
+        Streaming: one batch of images and probabilities is held at a time, so memory does not grow with
+        the folder. ``prefetch`` decodes the next batch in a thread while the models run (default: on
+        when the machine has more than 2 cores; ``bench/predict_stream.py`` measures it). Progress: a
+        tqdm bar (images/s, ETA) on a terminal, else a line with images/s and the ETA every 30 s."""
         paths = [Path(p) for p in paths]
-        bar = None
-        if progress:
+        chunks = [paths[i:i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        if prefetch is None:
+            prefetch = (os.cpu_count() or 1) > 2
+        meter = _Progress(len(paths), progress)
+        try:
+            for chunk, images in _decoded(chunks, prefetch):
+                yield from zip(chunk, self.predict(images))
+                meter.update(len(chunk))
+        finally:
+            meter.close()
+
+
+def _decoded(chunks: list[list[Path]], prefetch: bool) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
+    """(chunk, its images) in order; with ``prefetch`` the next chunk is decoded while this one is used."""
+    def read(chunk: list[Path]) -> list[np.ndarray]:
+        return [read_image(p, None) for p in chunk]
+
+    if not prefetch or len(chunks) < 2:
+        for chunk in chunks:
+            yield chunk, read(chunk)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="steelseg-decode") as pool:
+        nxt = pool.submit(read, chunks[0])
+        for i, chunk in enumerate(chunks):
+            images = nxt.result()
+            if i + 1 < len(chunks):
+                nxt = pool.submit(read, chunks[i + 1])
+            yield chunk, images
+
+
+class _Progress:
+    """A tqdm bar on a terminal; elsewhere (logs, CI) a line every ``every`` seconds with images/s and ETA."""
+
+    def __init__(self, total: int, bar: bool, every: float = 30.0) -> None:
+        self.total, self.done, self.every = total, 0, every
+        self.t0 = self.last = time.perf_counter()
+        self.bar = None
+        if bar:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(paths), desc="predicting", unit="img")
-        for start in range(0, len(paths), self.batch_size):
-            chunk = paths[start:start + self.batch_size]
-            images = [read_image(p, None) for p in chunk]
-            yield from zip(chunk, self.predict(images))
-            if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
+            self.bar = tqdm(total=total, desc="predicting", unit="img")
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            print(f"predicted {self.done}/{self.total} ({100 * self.done / self.total:.0f}%), {rate:.2f} img/s, "
+                  f"ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

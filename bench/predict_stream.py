@@ -1,0 +1,79 @@
+"""Streaming `steelseg predict` at scale: peak memory on 5,000 strips against 500 (goal: within 1.2x), the
+progress lines a log sees, and decoding the next images in a thread while the model runs (on / off).
+
+python bench/predict_stream.py [--bundle runs/demo/bundle] [--n 5000] [--small 500] [--work /tmp/stream]
+
+Each `steelseg predict` runs in its own process; its peak resident memory is the child's ru_maxrss.
+The strips are synthetic 1600x256 JPEGs (steelseg synth), made once under --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def strips(work: Path, n: int) -> Path:
+    """``n`` strips in ``work/strips-n`` (hard links to one pool of distinct images, made once)."""
+    pool = work / "pool"
+    if not (pool / "train_images").is_dir():
+        subprocess.run([sys.executable, "-m", "steelseg.cli", "synth", str(pool), "--images", "200", "--seed", "5"],
+                       check=True, stdout=subprocess.DEVNULL)
+    src = sorted((pool / "train_images").iterdir())
+    out = work / f"strips-{n}"
+    if out.is_dir() and len(list(out.iterdir())) == n:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for i in range(n):
+        p = src[i % len(src)]
+        (out / f"{i:05d}{p.suffix}").hardlink_to(p)
+    return out
+
+
+def run(bundle: str, images: Path, out: Path, prefetch: str) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MiB, stderr) of one `steelseg predict` in a fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "steelseg.cli", "predict", bundle, str(images), "--out", str(out),
+                           "--prefetch", prefetch], capture_output=True, text=True, check=True)
+    secs = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak <= before:
+        print("warning: this child's peak did not exceed an earlier child's; run sizes in increasing order",
+              file=sys.stderr)
+    return secs, peak / 1024, proc.stderr
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default=str(ROOT / "runs" / "demo" / "bundle"))
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--small", type=int, default=500)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/stream"))
+    args = ap.parse_args()
+    small, large = strips(args.work, args.small), strips(args.work, args.n)
+    # ru_maxrss of children is the largest so far: the small run goes first
+    t_off, rss_small, _ = run(args.bundle, small, args.work / "out-small-off", "off")
+    t_on, _, _ = run(args.bundle, small, args.work / "out-small-on", "on")
+    t_large, rss_large, log = run(args.bundle, large, args.work / "out-large", "off")
+    lines = [ln for ln in log.splitlines() if ln.startswith("predicted ")]
+    print(f"peak memory: {args.small} strips {rss_small:.0f} MiB, {args.n} strips {rss_large:.0f} MiB, "
+          f"ratio {rss_large / rss_small:.3f} (goal <= 1.2)")
+    print(f"decode in a thread on {args.small} strips: off {args.small / t_off:.2f} img/s, on {args.small / t_on:.2f} "
+          f"img/s, ratio {t_off / t_on:.3f} (wall time of the whole command, model load included)")
+    print(f"{args.n} strips: {t_large:.0f} s, {args.n / t_large:.2f} img/s; {len(lines)} progress lines, e.g.")
+    for ln in lines[:2] + lines[-1:]:
+        print("   ", ln)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
