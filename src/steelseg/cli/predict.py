@@ -356,6 +356,10 @@ def register(sub: Any) -> None:
     add_backend_args(p)
     p.set_defaults(func=cmd_predict)
 
+    _register_export(sub)
+
+
+def _register_export(sub: Any) -> None:
     p = sub.add_parser("export", help="write a bundle as ONNX (optionally int8) for fast CPU inference",
                        description="Export every model of BUNDLE to ONNX (probabilities out, dynamic batch "
                                    "and image size where the architecture allows) into a new bundle. Parity "
@@ -381,7 +385,7 @@ def register(sub: Any) -> None:
     p.add_argument("--samples", type=int, default=4, help="images for the parity check (default 4)")
     p.add_argument("--calib", type=int, default=32, help="calibration images for int8 (default 32)")
     p.add_argument("--val", type=int, default=64, help="validation images scored before/after int8 (default 64)")
-    p.add_argument("--max-dice-drop", type=float, default=0.005, help="largest Dice drop int8 may cost (default 0.005)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--max-dice-drop", type=float, default=0.005, help="largest Dice drop int8 / bf16 may cost (default 0.005)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime / OpenVINO threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bundle")
     p.set_defaults(func=cmd_export)

@@ -18,12 +18,12 @@ import numpy as np
 
 from steelseg.errors import DataError
 from steelseg.models.checkpoint import read_model_json
+from steelseg.inference.padding import STRIDE, pad_to_stride
 from steelseg.schema import ModelMeta
 
-__all__ = ["OnnxRunner", "Runner", "TorchRunner", "load_runner", "model_format", "pad_to_stride"]
+__all__ = ["STRIDE", "OnnxRunner", "Runner", "TorchRunner", "load_runner", "model_format", "pad_to_stride"]
 
 ONNX_FILE = "model.onnx"
-STRIDE = 32  # segmenters are padded to a multiple of this (steelseg.models.factory.Segmenter does the same)
 
 
 class Runner(Protocol):
@@ -81,17 +81,6 @@ class TorchRunner:
                     for i in range(len(x))]
         probs = np.ascontiguousarray(np.concatenate([o[0] for o in outs]))
         return probs, None if outs[0][1] is None else np.concatenate([o[1] for o in outs])
-
-
-def pad_to_stride(x: np.ndarray, stride: int = STRIDE) -> np.ndarray:
-    """Pad (N, C, H, W) at the bottom and right to a multiple of ``stride``, as the PyTorch
-    ``Segmenter`` does: mirrored where the image is larger than the pad, else repeated edges."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % stride, (-w) % stride
-    if not (ph or pw):
-        return x
-    mode = "reflect" if ph < h and pw < w else "edge"
-    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
 
 
 class OnnxRunner:

@@ -18,7 +18,8 @@ from steelseg.data.images import to_input
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, staged_dir
 from steelseg.inference import postprocess
-from steelseg.inference.backends import ONNX_FILE, pad_to_stride
+from steelseg.inference.backends import ONNX_FILE
+from steelseg.inference.padding import pad_to_stride
 from steelseg.inference.bundle import BUNDLE_JSON, read_bundle
 from steelseg.inference.export import (
     PROB_TOLERANCE,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from steelseg.errors import DataError
+from steelseg.inference.padding import STRIDE, pad_to_stride
 from steelseg.schema import ModelMeta
 
 __all__ = ["IR_FILE", "PRECISIONS", "OpenVinoRunner", "compile_config", "fp32_layers", "openvino_module", "ov_core"]
@@ -62,8 +63,6 @@ class OpenVinoRunner:
     """A model folder's OpenVINO IR, compiled once for the CPU at its precision."""
 
     def __init__(self, folder: Path, meta: ModelMeta, threads: int | None = None) -> None:
-        from steelseg.inference.backends import STRIDE
-
         info = meta.weights or {}
         self.meta, self.source = meta, folder
         self.precision = str(info.get("precision", "fp32"))
@@ -89,8 +88,6 @@ class OpenVinoRunner:
         return self.run_both(x)[0]
 
     def run_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        from steelseg.inference.backends import pad_to_stride
-
         h, w = x.shape[-2:]
         if self.pad:
             x = pad_to_stride(x)
