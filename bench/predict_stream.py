@@ -20,12 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def strips(work: Path, n: int) -> Path:
+def strips(work: Path, n: int, pool_size: int = 200) -> Path:
     """``n`` strips in ``work/strips-n`` (hard links to one pool of distinct images, made once)."""
     pool = work / "pool"
     if not (pool / "train_images").is_dir():
-        subprocess.run([sys.executable, "-m", "steelseg.cli", "synth", str(pool), "--images", "200", "--seed", "5"],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "steelseg.cli", "synth", str(pool), "--images", str(pool_size),
+                        "--seed", "5"], check=True, stdout=subprocess.DEVNULL)
     src = sorted((pool / "train_images").iterdir())
     out = work / f"strips-{n}"
     if out.is_dir() and len(list(out.iterdir())) == n:
@@ -58,8 +58,9 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--small", type=int, default=500)
     ap.add_argument("--work", type=Path, default=Path("/tmp/stream"))
+    ap.add_argument("--pool", type=int, default=200, help="distinct synthetic strips the folders link to")
     args = ap.parse_args()
-    small, large = strips(args.work, args.small), strips(args.work, args.n)
+    small, large = strips(args.work, args.small, args.pool), strips(args.work, args.n, args.pool)
     # ru_maxrss of children is the largest so far: the small run goes first
     t_off, rss_small, _ = run(args.bundle, small, args.work / "out-small-off", "off")
     t_on, _, _ = run(args.bundle, small, args.work / "out-small-on", "on")

@@ -58,3 +58,27 @@ def test_serve_load_bench_runs() -> None:
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "1 bad in 5" in out.stdout and "service healthy after the load: True" in out.stdout
+
+
+def test_predict_stream_bench_runs(tmp_path) -> None:
+    from .conftest import tiny_bundle_at
+
+    bundle = tiny_bundle_at(tmp_path, ["pits", "streaks", "scratches", "blotches"])
+    out = subprocess.run([sys.executable, str(BENCH / "predict_stream.py"), "--bundle", str(bundle), "--n", "12",
+                          "--small", "4", "--pool", "4", "--work", str(tmp_path / "w")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "peak memory: 4 strips" in out.stdout and "ratio" in out.stdout and "decode in a thread" in out.stdout
+
+
+def test_review_loop_bench_runs(tmp_path) -> None:
+    import pytest
+
+    from .conftest import SHARED, tiny_bundle_at
+
+    if not (SHARED / "severstal_real").is_dir():
+        pytest.skip("../shared/data/severstal_real is not here (a user's clone has none)")
+    bundle = tiny_bundle_at(tmp_path, ["pits", "streaks", "scratches", "blotches"])
+    out = subprocess.run([sys.executable, str(BENCH / "review_loop.py"), str(bundle), "--out", str(tmp_path / "loop")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "reviewed 11 strips" in out.stdout and "Dice model vs final" in out.stdout
