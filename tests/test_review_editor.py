@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ from steelseg.inference.predictor import Predictor  # noqa: E402
 from steelseg.inference.uncertainty import image_priority, queue_order  # noqa: E402
 
 from .conftest import serving  # noqa: E402
-from .test_review_loop import NAMES, make_review_bundle  # noqa: E402
+from .test_review_loop import make_review_bundle  # noqa: E402
+from .test_serve import _browser  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 H, W = 64, 320
@@ -33,22 +33,6 @@ def _strip(seed: int) -> np.ndarray:
     img = rng.integers(60, 200, (H, W), dtype=np.uint8)
     img[:, rng.integers(0, W - 40):][:, :30] = rng.integers(0, 256)  # a band, so the images differ in kind
     return img
-
-
-def _browser(dpr: int = 1):
-    chromium = shutil.which("chromium")
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
-    if not chromium or not driver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900",
-              f"--force-device-scale-factor={dpr}"):
-        opts.add_argument(a)
-    return webdriver.Chrome(service=Service(driver), options=opts)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +54,10 @@ def _open(browser, site, path: Path) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(site["url"] + "/")
-    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return !!window.__editor"))
+    # the queue above the editor fills in while its images are scored: wait, so the canvas no longer moves
+    WebDriverWait(browser, 90).until(lambda b: b.execute_script(
+        "const t = document.getElementById('queue-status').textContent;"
+        " return t.includes('to review') && !t.includes('still being scored');"))
     browser.find_element(By.ID, "file").send_keys(str(path))
     WebDriverWait(browser, 60).until(lambda b: b.execute_script(
         "return window.__editor.img !== null && document.getElementById('canvas').dataset.drawn === '1'"

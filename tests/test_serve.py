@@ -211,7 +211,8 @@ def server(bundle, tmp_path):
         yield f"http://127.0.0.1:{port}", tmp_path / "fb"
 
 
-def _browser():
+def _browser(dpr: int = 1):
+    """Headless Debian chromium through chromium-driver (skips when absent), at device pixel ratio ``dpr``."""
     chromium = shutil.which("chromium")
     driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
     if not chromium or not driver:
@@ -221,7 +222,8 @@ def _browser():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"):
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900",
+              f"--force-device-scale-factor={dpr}"):
         opts.add_argument(a)
     return webdriver.Chrome(service=Service(driver), options=opts)
 

@@ -33,7 +33,8 @@ from steelseg.inference.predictor import Predictor
 from steelseg.models.checkpoint import read_model_json, write_model_json
 from steelseg.schema import ModelMeta, to_dict
 
-__all__ = ["ExportError", "ExportReport", "bundle_dice", "compare_predictors", "export_bundle", "images_per_second"]
+__all__ = ["ExportError", "ExportReport", "bundle_dice", "check_parity", "compare_predictors", "export_bundle",
+           "images_per_second"]
 
 DEFAULT_OPSET = 17
 PROB_TOLERANCE = 1e-3  # fp32 ONNX vs PyTorch: differences are float rounding, far below this
@@ -177,6 +178,19 @@ def compare_predictors(torch_pred: Predictor, onnx_pred: Predictor, images: Sequ
     return worst, differ, real
 
 
+def check_parity(torch_pred: Predictor, other: Predictor, samples: Sequence[np.ndarray], report: ExportReport,
+                 what: str) -> dict[str, Any]:
+    """Compare an exported predictor with PyTorch on ``samples``; fill ``report``; raise ExportError beyond the
+    tolerance or on a mask pixel that differs away from the thresholds. Returns bundle.json's parity record."""
+    diff, differ, real = compare_predictors(torch_pred, other, samples)
+    report.parity_max_abs, report.masks_identical, report.threshold_pixels = diff, differ == 0, differ
+    if diff > PROB_TOLERANCE or real:
+        raise ExportError(f"{what} output differs from PyTorch on {len(samples)} sample images: max |dp| = "
+                          f"{diff:.2e} (tolerance {PROB_TOLERANCE:g}), {real} mask pixel(s) differ away from "
+                          "the thresholds. Nothing was written; report this with the bundle's model.json")
+    return {"parity_max_abs": diff, "parity_images": len(samples), "threshold_pixels_differing": differ}
+
+
 def bundle_dice(predictor: Predictor, images: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> float:
     from steelseg import metrics
 
@@ -269,14 +283,7 @@ def export_bundle(bundle: str | Path, out: str | Path, samples: Sequence[np.ndar
         exported = {**to_dict(info), "backend": "onnx", "export": {"opset": opset, "quantize": None}}
         atomic_json(stage / BUNDLE_JSON, exported)
         onnx_pred = Predictor.from_bundle(stage, backend="onnx", threads=threads)
-        diff, differ, real = compare_predictors(torch_pred, onnx_pred, samples)
-        report.parity_max_abs, report.masks_identical, report.threshold_pixels = diff, differ == 0, differ
-        if diff > PROB_TOLERANCE or real:
-            raise ExportError(f"ONNX output differs from PyTorch on {len(samples)} sample images: max |dp| = "
-                              f"{diff:.2e} (tolerance {PROB_TOLERANCE:g}), {real} mask pixel(s) differ away from "
-                              "the thresholds. Nothing was written; report this with the bundle's model.json")
-        exported["export"].update({"parity_max_abs": diff, "parity_images": len(samples),
-                                   "threshold_pixels_differing": differ})
+        exported["export"].update(check_parity(torch_pred, onnx_pred, samples, report, "ONNX"))
         if quantize:
             _int8(stage, onnx_pred, calib_images, val_images, val_masks, max_dice_drop, report, threads)
             exported["export"].update({"quantize": "int8", "dice_before": report.dice_before,

@@ -19,18 +19,17 @@ from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, staged_dir
 from steelseg.inference import postprocess
 from steelseg.inference.backends import ONNX_FILE
-from steelseg.inference.padding import pad_to_stride
 from steelseg.inference.bundle import BUNDLE_JSON, read_bundle
 from steelseg.inference.export import (
-    PROB_TOLERANCE,
     ExportError,
     ExportReport,
     bundle_dice,
-    compare_predictors,
+    check_parity,
     export_bundle,
     images_per_second,
 )
 from steelseg.inference.openvino import IR_FILE, PRECISIONS, fp32_layers, openvino_module, ov_core
+from steelseg.inference.padding import pad_to_stride
 from steelseg.inference.predictor import Predictor
 from steelseg.models.checkpoint import read_model_json, write_model_json
 from steelseg.schema import to_dict
@@ -95,14 +94,7 @@ def export_openvino(bundle: str | Path, out: str | Path, samples: Sequence[np.nd
                                    "onnx_parity_max_abs": onnx_rep.parity_max_abs}}
             atomic_json(stage / BUNDLE_JSON, exported)
             fp32 = Predictor.from_bundle(stage, backend="openvino", threads=threads)
-            diff, differ, real = compare_predictors(torch_pred, fp32, list(samples))
-            report.parity_max_abs, report.masks_identical, report.threshold_pixels = diff, differ == 0, differ
-            if diff > PROB_TOLERANCE or real:
-                raise ExportError(f"OpenVINO output differs from PyTorch on {len(samples)} sample images: max |dp| "
-                                  f"= {diff:.2e} (tolerance {PROB_TOLERANCE:g}), {real} mask pixel(s) differ away "
-                                  "from the thresholds. Nothing was written")
-            exported["export"].update({"parity_max_abs": diff, "parity_images": len(samples),
-                                       "threshold_pixels_differing": differ})
+            exported["export"].update(check_parity(torch_pred, fp32, list(samples), report, "OpenVINO"))
             if precision != "fp32":
                 exported["export"].update(_reduced(stage, fp32, precision, calib_images, val_images, val_masks,
                                                    max_dice_drop, report, threads, keep_fp32))
