@@ -8,11 +8,13 @@ Lines, each timed end to end from image file to RLE strings:
   torch          steelseg Predictor, PyTorch backend (batch 4)
   onnx fp32      steelseg Predictor, ONNX Runtime (exported by steelseg export, parity-checked)
   onnx int8      the same, statically quantised (QDQ, per-channel)
+  openvino fp32 / bf16 / int8   steelseg export --format openvino (when the openvino extra is installed)
 each of the steelseg lines with and without a binary gating classifier that skips the segmenter
 on images it calls defect-free (trained here briefly on other synthetic strips).
 
-Prints images/s, the ratio to the baseline, the model's GFLOPs per image and the GFLOP/s reached,
-and checks that every fp32 line writes the same masks as the baseline loop.
+Prints images/s, the ratio to the baseline, the model's GFLOPs per image, the GFLOP/s reached and each
+line's Kaggle Dice on the labelled test strips, and checks that every fp32 line writes the same masks as
+the baseline loop.
 Usage: python bench/inference.py [--images 16] [--threads 2] [--seg-minutes 6] [--gate-minutes 3]
 """
 
@@ -28,6 +30,29 @@ from pathlib import Path
 import numpy as np
 
 SEG_THRESHOLD, MIN_AREA = 0.5, 0  # the notebook's post-processing, the same as the bundle's
+LINES = (("onnx fp32", None), ("onnx int8", "int8"), ("openvino fp32", None), ("openvino bf16", "bf16"),
+         ("openvino int8", "ov-int8"))
+
+
+def _has_openvino() -> bool:
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def rows_dice(rows: list[list[str]], truth: list[np.ndarray]) -> float:
+    """Kaggle mean Dice of one line's RLE rows against the labelled masks."""
+    from steelseg import metrics
+    from steelseg.data import rle
+
+    acc = metrics.DiceAccumulator()
+    for r, t in zip(rows, truth):
+        pred = np.stack([rle.decode(x, t.shape[:2]) for x in r], axis=-1)
+        acc.update(pred[None], t[None])
+    return float(acc.compute().mean)
 
 
 def cpu_info() -> str:
@@ -197,23 +222,31 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     samples = [read_image(p, None) for p in paths[:2]]
     bundles = {"torch": (plain, gated)}
     int8_note = ""
-    for name, quant in (("onnx fp32", None), ("onnx int8", "int8")):
-        if quant and args.skip_int8:
+    from steelseg.data.open import open_dataset
+
+    ds = open_dataset(test)
+    masks = [ds.load_mask(p.name) for p in paths]
+    calib = [read_image(p, None) for p in sorted((gate_data / "train_images").iterdir())[:16]]
+    val = [read_image(p, None) for p in paths]
+    for name, quant in LINES:
+        if (quant in ("int8", "ov-int8") and args.skip_int8) or (name.startswith("openvino") and not _has_openvino()):
             continue
         outs = []
         for b in (plain, gated):
             dst = tmp / f"{b.name}-{name.replace(' ', '-')}"
-            calib = [read_image(p, None) for p in sorted((gate_data / "train_images").iterdir())[:16]]
-            val = [read_image(p, None) for p in paths]
-            from steelseg.data.open import open_dataset
+            # the bench reports the int8 / bf16 Dice change instead of refusing it
+            if name.startswith("openvino"):
+                from steelseg.inference.export_openvino import export_openvino
 
-            ds = open_dataset(test)
-            masks = [ds.load_mask(p.name) for p in paths]
-            # the bench reports the int8 Dice change instead of refusing it
-            rep = export_bundle(b, dst, samples, quant, calib if quant else (), val if quant else (),
-                                masks if quant else (), max_dice_drop=1.0, threads=args.threads)
+                precision = name.split()[1]
+                rep = export_openvino(b, dst, samples, precision, calib, val, masks, max_dice_drop=1.0,
+                                      threads=args.threads)
+            else:
+                rep = export_bundle(b, dst, samples, quant, calib if quant else (), val if quant else (),
+                                    masks if quant else (), max_dice_drop=1.0, threads=args.threads)
             if quant and b is plain:
-                int8_note = f"int8 Kaggle Dice on the {len(val)} test images {rep.dice_before:.4f} -> {rep.dice_after:.4f}"
+                int8_note += (f"{name} Kaggle Dice on the {len(val)} test images {rep.dice_before:.4f} -> "
+                              f"{rep.dice_after:.4f}\n")
             outs.append(dst)
         bundles[name] = tuple(outs)
 
@@ -230,8 +263,9 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     baseline_loop(seg, paths[:1], 0.449, 0.226)  # warm-up
     t_base, ref = timed(lambda: baseline_loop(seg, paths, 0.449, 0.226, ref_probs if not ref_probs else None))
     base_ips = len(paths) / t_base
-    print(f"{'line':<26}{'images/s':>10}{'x baseline':>12}{'GFLOP/s':>10}{'skipped':>9}  masks")
-    print(f"{'baseline (notebook loop)':<26}{base_ips:>10.2f}{1.0:>12.2f}{g_seg * base_ips:>10.1f}{0:>9}  reference")
+    print(f"{'line':<26}{'images/s':>10}{'x baseline':>12}{'GFLOP/s':>10}{'skipped':>9}{'Dice':>8}  masks")
+    print(f"{'baseline (notebook loop)':<26}{base_ips:>10.2f}{1.0:>12.2f}{g_seg * base_ips:>10.1f}{0:>9}"
+          f"{rows_dice(ref, masks):>8.4f}  reference")
     for name, (b_plain, b_gated) in bundles.items():
         for label, bundle in (("", b_plain), (" + gate", b_gated)):
             pred = Predictor.from_bundle(bundle, threads=args.threads)
@@ -243,7 +277,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             segmented = [i for i, sk in enumerate(skipped) if not sk]
             differ, real = mask_diff(rows, ref, ref_probs, segmented, (args.height, args.width))
             pixels = len(segmented) * 4 * args.height * args.width
-            if "int8" in name:
+            if "int8" in name or "bf16" in name:
                 same = f"{100 * differ / max(pixels, 1):.3f}% of mask pixels differ from the baseline"
             elif not differ:
                 same = "identical"
@@ -256,9 +290,10 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             if label:
                 lost = sum(1 for i, sk in enumerate(skipped) if sk and not truth_free[i])
                 same += f"; {lost} skipped image(s) had defects"
-            print(f"{name + label:<26}{ips:>10.2f}{ips / base_ips:>12.2f}{work:>10.1f}{n_skip:>9}  {same}")
+            print(f"{name + label:<26}{ips:>10.2f}{ips / base_ips:>12.2f}{work:>10.1f}{n_skip:>9}"
+                  f"{rows_dice(rows, masks):>8.4f}  {same}")
     if int8_note:
-        print(int8_note)
+        print(int8_note.rstrip())
 
 
 

@@ -50,6 +50,11 @@ def test_inference_bench_runs() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     for line in ("baseline (notebook loop)", "onnx fp32 + gate", "onnx int8 + gate", "GFLOPs/image", "avx"):
         assert line in out.stdout, out.stdout
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        for line in ("openvino fp32 + gate", "openvino bf16 + gate", "openvino int8 + gate"):
+            assert line in out.stdout, out.stdout
     assert "DIFFERENT" not in out.stdout  # fp32 lines write the baseline's masks
 
 

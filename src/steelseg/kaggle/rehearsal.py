@@ -21,7 +21,7 @@ from typing import Any
 from steelseg.errors import DataError, SteelsegError
 from steelseg.kaggle import deps
 from steelseg.kaggle.kit import NOTEBOOK
-from steelseg.kaggle.runtime import DEPS_MARKER, read_sample
+from steelseg.kaggle.runtime import DEPS_MARKER, read_sample, read_submission
 
 __all__ = ["image_closure", "rehearse"]
 
@@ -117,32 +117,12 @@ def _execute(nb_path: Path, py: Path, root: Path, fake: Path, working: Path, tim
     return nb
 
 
-def _rows(path: Path) -> dict[tuple[str, int], str]:
-    """(ImageId, ClassId) -> RLE of a submission in either layout."""
-    import csv
-
-    from steelseg.data import rle
-
-    rle.allow_long_csv_fields()
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        out = {}
-        for r in reader:
-            if header[0] == "ImageId_ClassId":
-                image, _, c = r[0].rpartition("_")
-                out[(image, int(c))] = r[1]
-            else:
-                out[(r[0], int(r[2]))] = r[1]
-    return out
-
-
 def _compare(notebook_csv: Path, bundle: Path, images: Path, tta: bool, scratch: Path) -> dict[str, Any]:
     """The notebook's masks against ``steelseg predict`` on the same images (same TTA)."""
     from steelseg.inference.predict import predict_folder
 
     predict_folder(bundle, images, scratch, tta=tta)
-    ref, got = _rows(scratch / "submission.csv"), _rows(notebook_csv)
+    ref, got = read_submission(scratch / "submission.csv"), read_submission(notebook_csv)
     differ = [k for k, v in got.items() if ref.get(k) != v]
     if differ:
         raise SteelsegError(f"the notebook's masks differ from steelseg predict on {len(differ)} rows "

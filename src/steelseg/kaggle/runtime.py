@@ -27,6 +27,7 @@ __all__ = [
     "plan_run",
     "predict_submission",
     "read_sample",
+    "read_submission",
     "validate_submission",
 ]
 
@@ -135,28 +136,52 @@ class Sample:
         return self.header == OLD_HEADER
 
 
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    from steelseg.data import rle
+
+    rle.allow_long_csv_fields()
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        return header, [r for r in reader if r]
+
+
+def _old_key(cell: str, path: Path) -> tuple[str, int]:
+    image, _, cls = cell.rpartition("_")
+    if not image or not cls.isdigit():
+        raise DataError(f"{path}: row {cell!r} is not ImageId_ClassId (e.g. 0000f269f.jpg_1)")
+    return image, int(cls)
+
+
+def _bad_header(path: Path, header: list[str]) -> DataError:
+    return DataError(f"{path}: header {','.join(header)!r} is neither {','.join(OLD_HEADER)} nor {','.join(NEW_HEADER)}")
+
+
 def read_sample(path: str | Path) -> Sample:
     """``sample_submission.csv`` in the old (``ImageId_ClassId,EncodedPixels``) or the new
     (``ImageId,EncodedPixels,ClassId``) layout."""
     path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip() for h in next(reader, [])]
-        body = [r for r in reader if r]
+    header, body = _read_csv(path)
     if header == OLD_HEADER:
-        rows = []
-        for r in body:
-            image, _, cls = r[0].rpartition("_")
-            if not image or not cls.isdigit():
-                raise DataError(f"{path}: row {r[0]!r} is not ImageId_ClassId (e.g. 0000f269f.jpg_1)")
-            rows.append((image, int(cls)))
+        rows: list[tuple[str, int | None]] = [_old_key(r[0], path) for r in body]
     elif header == NEW_HEADER:
         rows = [(r[0], None) for r in body]
     else:
-        raise DataError(f"{path}: header {','.join(header)!r} is neither {','.join(OLD_HEADER)} nor {','.join(NEW_HEADER)}")
+        raise _bad_header(path, header)
     if not rows:
         raise DataError(f"{path}: no rows")
     return Sample(header, rows, list(dict.fromkeys(r[0] for r in rows)))
+
+
+def read_submission(path: str | Path) -> dict[tuple[str, int], str]:
+    """(ImageId, ClassId) -> RLE of a submission (or sample) in either layout."""
+    path = Path(path)
+    header, body = _read_csv(path)
+    if header == OLD_HEADER:
+        return {_old_key(r[0], path): r[1] if len(r) > 1 else "" for r in body}
+    if header == NEW_HEADER:
+        return {(r[0], int(r[2])): r[1] for r in body}
+    raise _bad_header(path, header)
 
 
 @dataclass
@@ -257,11 +282,7 @@ def validate_submission(path: str | Path, sample: Sample, sizes: dict[str, tuple
     image with each class (new layout); each RLE decodes inside its image. Raises on the first fault."""
     from steelseg.data import rle
 
-    rle.allow_long_csv_fields()
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, [])
-        rows = [r for r in reader if r]
+    header, rows = _read_csv(Path(path))
     if header != sample.header:
         raise DataError(f"{path}: header {header}, the sample's is {sample.header}")
     if sample.old_layout:

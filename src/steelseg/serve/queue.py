@@ -72,6 +72,10 @@ class ReviewQueue:
     def refresh(self, budget_s: float = 2.0) -> int:
         """Score new images for up to ``budget_s`` seconds; returns how many are still unscored."""
         t0 = time.perf_counter()
+        # other workers of the service share the folder: take in what they scored and sent
+        self.sent.update(self._load("sent.json", {}))
+        for k, v in self._load(f"scores-{self.bundle_id}.json", {}).items():
+            self.scores.setdefault(k, v)
         todo = [i for i in self._scan() if i not in self.scores and i not in self.sent and i not in self.errors]
         done = 0
         for i in todo:
@@ -122,6 +126,7 @@ class ReviewQueue:
     def mark_sent(self, data: bytes, stored: str) -> None:
         i = image_id(data)
         if i in self.scores or i in self._paths:
+            self.sent.update(self._load("sent.json", {}))
             self.sent[i] = stored
             atomic_json(self.state / "sent.json", self.sent)
 
