@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=256)
     ap.add_argument("--width", type=int, default=1600)
     ap.add_argument("--skip-int8", action="store_true")
+    ap.add_argument("--skip-openvino", action="store_true", help="leave out the OpenVINO lines")
     args = ap.parse_args()
 
     import torch
@@ -229,7 +230,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     calib = [read_image(p, None) for p in sorted((gate_data / "train_images").iterdir())[:16]]
     val = [read_image(p, None) for p in paths]
     for name, quant in LINES:
-        if (quant in ("int8", "ov-int8") and args.skip_int8) or (name.startswith("openvino") and not _has_openvino()):
+        skip_ov = args.skip_openvino or not _has_openvino()
+        if (quant in ("int8", "ov-int8") and args.skip_int8) or (name.startswith("openvino") and skip_ov):
             continue
         outs = []
         for b in (plain, gated):

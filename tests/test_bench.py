@@ -45,16 +45,13 @@ def test_data_cache_bench_runs(tmp_path) -> None:
 def test_inference_bench_runs() -> None:
     out = subprocess.run([sys.executable, str(BENCH / "inference.py"), "--encoder", "tu-test_resnet",
                           "--classifier", "test_resnet", "--images", "4", "--train-images", "12",
-                          "--gate-minutes", "0.03", "--seg-minutes", "0.03", "--height", "64", "--width", "320"],
+                          "--gate-minutes", "0.03", "--seg-minutes", "0.03", "--height", "64", "--width", "320",
+                          "--skip-openvino"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     for line in ("baseline (notebook loop)", "onnx fp32 + gate", "onnx int8 + gate", "GFLOPs/image", "avx"):
         assert line in out.stdout, out.stdout
-    import importlib.util
-
-    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
-        for line in ("openvino fp32 + gate", "openvino bf16 + gate", "openvino int8 + gate"):
-            assert line in out.stdout, out.stdout
+    assert "openvino" not in out.stdout  # --skip-openvino: the export is tested in test_openvino.py
     assert "DIFFERENT" not in out.stdout  # fp32 lines write the baseline's masks
 
 

@@ -76,29 +76,26 @@ def test_reduced_precision_refuses_a_negative_allowed_drop(bundle, tmp_path, pre
     assert not (tmp_path / "ov").exists()
 
 
-def test_int8_layers_kept_in_fp32_are_stored_and_reloaded(tmp_path) -> None:
-    seg = model_folder(tmp_path, arch="unet")
-    b = write_bundle(tmp_path / "b", [seg], [], PostProcess([0.5] * 4, [0] * 4), kind="plain")
-    ims = images(6)
-    truth = [(im[..., None] > 200).repeat(4, axis=2).astype(np.uint8) for im in ims]
-    first = export_openvino(b, tmp_path / "ov1", ims[:2], "int8", ims, ims, truth, max_dice_drop=1.0)
-    assert first.dice_after is not None
+def test_int8_layers_kept_in_fp32_are_stored_and_reloaded(bundle, exported, tmp_path) -> None:
     import openvino as ov
 
-    model = ov.Core().read_model(str(tmp_path / "ov1" / "segmenters" / "0" / "model.xml"))
-    convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    keep = convs[:2]  # the first two convolutions stay fp32
-    export_openvino(b, tmp_path / "ov2", ims[:2], "int8", ims, ims, truth, max_dice_drop=1.0, keep_fp32=keep)
-    info = json.loads((tmp_path / "ov2" / "bundle.json").read_text())
-    stored = info["export"]["fp32_layers"]["segmenters/0"]
-    assert set(keep) <= set(stored)
-    meta = json.loads((tmp_path / "ov2" / "segmenters" / "0" / "model.json").read_text())
-    assert meta["weights"]["precision"] == "int8" and set(keep) <= set(meta["weights"]["fp32_layers"])
-    pred = Predictor.from_bundle(tmp_path / "ov2")
-    assert pred.segmenters[0].precision == "int8" and pred.predict(ims[:1])[0].probs.shape == (64, 320, 4)
     from steelseg.inference.openvino import fp32_layers
 
-    reread = ov.Core().read_model(str(tmp_path / "ov2" / "segmenters" / "0" / "model.xml"))
+    ims = images(6)
+    truth = [(im[..., None] > 200).repeat(4, axis=2).astype(np.uint8) for im in ims]
+    fp32_ir = ov.Core().read_model(str(exported[0] / "segmenters" / "0" / "model.xml"))
+    convs = [op.get_friendly_name() for op in fp32_ir.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    keep = convs[:2]  # the first two convolutions stay fp32
+    rep = export_openvino(bundle, tmp_path / "ov", ims[:2], "int8", ims, ims, truth, max_dice_drop=1.0, keep_fp32=keep)
+    assert rep.dice_after is not None
+    info = json.loads((tmp_path / "ov" / "bundle.json").read_text())
+    stored = info["export"]["fp32_layers"]["segmenters/0"]
+    assert set(keep) <= set(stored) and len(stored) < len(convs)  # the others were quantised
+    meta = json.loads((tmp_path / "ov" / "segmenters" / "0" / "model.json").read_text())
+    assert meta["weights"]["precision"] == "int8" and set(keep) <= set(meta["weights"]["fp32_layers"])
+    pred = Predictor.from_bundle(tmp_path / "ov")
+    assert pred.segmenters[0].precision == "int8" and pred.predict(ims[:1])[0].probs.shape == (64, 320, 4)
+    reread = ov.Core().read_model(str(tmp_path / "ov" / "segmenters" / "0" / "model.xml"))
     assert set(keep) <= set(fp32_layers(reread))  # the IR itself keeps them in fp32
 
 

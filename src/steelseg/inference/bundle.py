@@ -66,9 +66,12 @@ def _copy_model(src: Path, dst: Path, meta: ModelMeta) -> list[str]:
     its class names."""
     dst.mkdir(parents=True)
     shutil.copyfile(src / "model.json", dst / "model.json")
-    if model_format(src, meta) == "onnx":
-        name = str((meta.weights or {}).get("file", "model.onnx"))
+    fmt = model_format(src, meta)
+    if fmt in ("onnx", "openvino"):
+        name = str((meta.weights or {}).get("file", "model.onnx" if fmt == "onnx" else "model.xml"))
         shutil.copyfile(src / name, dst / name)
+        if fmt == "openvino":  # the IR's weights beside its graph
+            shutil.copyfile((src / name).with_suffix(".bin"), (dst / name).with_suffix(".bin"))
     else:
         shutil.copyfile(src / "best.safetensors", dst / "best.safetensors")
     for split in (src / "split.json", src.parent / "split.json"):  # which images trained it (export calibrates on them)

@@ -1,0 +1,120 @@
+"""One model, every backend and precision: images/s and Kaggle Dice of bundles on the same labelled images.
+
+python bench/backends.py --data DATA --split BUNDLE/segmenters/0/split.json BUNDLE [BUNDLE ...] [--images 32]
+
+Every bundle (torch, onnx, onnx int8, openvino fp32 / bf16 / int8, as `steelseg export` wrote them) predicts
+the validation images of ``--split`` (its "val" list), one process, ``--threads`` threads each. Speed is timed
+on the first ``--images`` of them after a warm-up, end to end from decoded image to masks; Dice, the all-empty
+score and the image-level misses / false alarms use all of them. The first bundle is the baseline of the
+ratio column. GFLOP/s: the first bundle's PyTorch segmenter's FLOPs per image (torch's FlopCounterMode)
+times images/s. The peaks it is compared with are derived from /proc/cpuinfo and printed: cores x GHz x
+2 FMA units x 16 fp32 lanes x 2 (fp32); AVX-512 BF16 doubles that; AMX tiles reach far more, so the bf16
+line's ratio to the fp32 peak is what says whether OpenVINO used them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def peaks() -> tuple[float, float, str]:
+    """(fp32 peak, AVX-512 BF16 peak) in GFLOP/s from /proc/cpuinfo, and how they were derived."""
+    mhz, flags = 0.0, set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz") and not mhz:
+            mhz = float(line.split(":")[1])
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":")[1].split())
+    cores = os.cpu_count() or 1
+    lanes = 16 if "avx512f" in flags else 8
+    fp32 = cores * mhz / 1000 * 2 * lanes * 2
+    bf16 = fp32 * 2 if "avx512_bf16" in flags else fp32
+    how = (f"{cores} cores x {mhz / 1000:.2f} GHz x 2 FMA units x {lanes} fp32 lanes x 2 flops = {fp32:.0f} GFLOP/s "
+           f"fp32; avx512_bf16 x2 = {bf16:.0f}; amx: {'yes' if 'amx_bf16' in flags else 'no'}")
+    return fp32, bf16, how
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--split", required=True, type=Path, help="split.json whose val list is predicted")
+    ap.add_argument("--images", type=int, default=32, help="images timed (Dice uses every val image)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    from steelseg import metrics
+    from steelseg.data.open import open_dataset
+    from steelseg.inference.predictor import Predictor
+
+    torch.set_num_threads(args.threads)
+    first = Predictor.from_bundle(args.bundles[0], threads=args.threads)
+    ds = open_dataset(args.data, first.class_names)
+    val = json.loads(args.split.read_text())["val"]
+    images = [ds.load_image(i, None) for i in val]
+    truth = [ds.load_mask(i) for i in val]
+    flops = _flops(args.bundles[0], images[0])
+    fp32, bf16, how = peaks()
+    print(f"{len(val)} validation images ({images[0].shape[1]}x{images[0].shape[0]}); timing on {args.images}; "
+          f"{args.threads} threads; {flops:.1f} GFLOPs/image\npeaks: {how}")
+    print(f"{'bundle':<28}{'backend':>10}{'precision':>10}{'img/s':>8}{'ratio':>7}{'GFLOP/s':>9}{'of fp32':>8}"
+          f"{'Dice':>8}{'empty':>8}{'missed':>8}{'flagged':>8}")
+    base = None
+    for b in args.bundles:
+        pred = Predictor.from_bundle(b, threads=args.threads)
+        pred.predict(images[:1])
+        t0 = time.perf_counter()
+        pred.predict(images[:args.images])
+        ips = min(args.images, len(images)) / (time.perf_counter() - t0)
+        base = base or ips
+        acc, empty = metrics.DiceAccumulator(), metrics.DiceAccumulator()
+        missed = flagged = 0
+        for p, t in zip(pred.predict(images), truth):
+            acc.update(p.masks[None], t[None])
+            empty.update(np.zeros_like(t)[None], t[None])
+            missed += int(t.any() and not p.masks.any())
+            flagged += int(p.masks.any() and not t.any())
+        prec = _precision(b)
+        print(f"{b.name:<28}{pred.backend:>10}{prec:>10}{ips:>8.2f}{ips / base:>7.2f}{flops * ips:>9.1f}"
+              f"{flops * ips / fp32:>8.2f}{acc.compute().mean:>8.4f}{empty.compute().mean:>8.4f}"
+              f"{missed:>4}/{sum(bool(t.any()) for t in truth):<3}{flagged:>4}/{sum(not t.any() for t in truth):<3}")
+    return 0
+
+
+def _precision(bundle: Path) -> str:
+    meta = json.loads(next(bundle.glob("segmenters/0/model.json")).read_text())
+    w = meta.get("weights") or {}
+    if w.get("format") == "openvino":
+        return str(w.get("precision", "fp32"))
+    return "int8" if w.get("quantized") else "fp32"
+
+
+def _flops(bundle: Path, image: np.ndarray) -> float:
+    """GFLOPs per image of the bundle's PyTorch segmenter (0 when the bundle holds none)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from steelseg.data.images import to_input
+    from steelseg.models.checkpoint import load_model, read_model_json
+
+    folder = bundle / "segmenters" / "0"
+    if not (folder / "best.safetensors").is_file():
+        return 0.0
+    net, meta = load_model(folder, meta=read_model_json(folder))
+    x = torch.from_numpy(np.ascontiguousarray(to_input([image], meta.input.spec()), np.float32))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(x)
+    return counter.get_total_flops() / 1e9
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
