@@ -50,6 +50,16 @@ def test_average_best_keeps_the_top_epochs_and_records_the_choice(synth_small, t
     assert rec["used"] == (rec["value"] >= rec["best_single"])  # monitor val/dice: no tie-break list
 
 
+def test_average_best_takes_only_validated_epochs(synth_small, tmp_path) -> None:
+    # validation every 2nd epoch: epochs 1 and 3 (0-based) are validated; 0 and 2 only repeat stale metrics
+    result = fit(tiny_cfg(synth_small, tmp_path, TINY_DEC, "train.epochs=4", "train.limit_train_batches=1",
+                          "train.val_every=2", "train.average_best=3"))
+    rec = json.loads((result.run_dir / "model" / "model.json").read_text())["best"]["average_of"]
+    assert sorted(rec["epochs"]) == [1, 3]
+    assert sorted(p.name for p in (result.run_dir / "model" / "top").iterdir()) == ["epoch0001.safetensors",
+                                                                                    "epoch0003.safetensors"]
+
+
 # ---- pseudo-labels -----------------------------------------------------------------------------------
 def test_the_1st_place_rule_on_each_side_of_its_limits() -> None:
     from steelseg.inference.pseudo import PseudoConfig, select

@@ -71,7 +71,12 @@ class RunRecorder(Callback):
         self._best_key: tuple[float, ...] | None = None  # metrics.monitor_key of the best epoch
         self.keep_top = keep_top  # train.average_best: the weights of the best N epochs, kept in model/top/
         self.top: list[tuple[list[float], int]] = []  # (monitor key, epoch), best first
+        self._validated: int | None = None  # the last epoch whose validation ran (train.val_every skips some)
         self._t0 = time.time()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = trainer.current_epoch
 
     def state_dict(self) -> dict[str, Any]:
         # The best epoch's record travels in the resume checkpoint: a resumed run keeps it in model.json.
@@ -125,7 +130,8 @@ class RunRecorder(Callback):
         # Scores from a train.low_res_scale phase are logged but belong to another input_scale than the
         # one model.json records: not eligible as the best model.
         if key is not None and getattr(pl_module, "at_final_scale", True):
-            if self.keep_top >= 2:
+            # an epoch without validation still shows the last validation's metrics: never a candidate
+            if self.keep_top >= 2 and self._validated == trainer.current_epoch:
                 self._keep(trainer, pl_module, key)
             if self._best_key is None or key > self._best_key:
                 self._best_key = key
