@@ -125,12 +125,10 @@ def _reduced(stage: Path, fp32: Predictor, precision: str, calib: Sequence[np.nd
 
 
 def _inputs(runner: Any, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One model input (batch 1, padded to the stride) per image; sizes may differ (the IR's are dynamic)."""
     seg = runner.meta.task == "segment"
-    shape = images[0].shape[:2]
     out = []
     for im in images:
-        if im.shape[:2] != shape:
-            continue
         x = to_input([im], runner.meta.input.spec())
         out.append(np.ascontiguousarray(pad_to_stride(x) if seg else x, np.float32))
     return out
@@ -151,9 +149,9 @@ def _int8_models(stage: Path, fp32: Predictor, calib: Sequence[np.ndarray], val:
         ignored = nncf.IgnoredScope(names=list(keep_fp32), validate=False) if keep_fp32 else None
         common = {"subset_size": len(calib), "ignored_scope": ignored, "preset": nncf.QuantizationPreset.PERFORMANCE}
         if runner.meta.task == "segment" and max_drop >= 0:
-            items = list(zip(_inputs(runner, val), [m for m, im in zip(masks, val) if im.shape[:2] == val[0].shape[:2]]))
+            items = list(zip(_inputs(runner, val), masks))
             q = nncf.quantize_with_accuracy_control(
-                model, cal, nncf.Dataset(items, lambda it: it[0]), _dice_fn(pp, val[0].shape[:2]), max_drop=max_drop,
+                model, cal, nncf.Dataset(items, lambda it: it[0]), _dice_fn(pp), max_drop=max_drop,
                 drop_type=nncf.DropType.ABSOLUTE, **common,
                 advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(max_num_iterations=40))
         else:
@@ -167,14 +165,15 @@ def _int8_models(stage: Path, fp32: Predictor, calib: Sequence[np.ndarray], val:
     return kept
 
 
-def _dice_fn(pp: postprocess.PostProcess, shape: tuple[int, int]) -> Any:
+def _dice_fn(pp: postprocess.PostProcess) -> Any:
     """NNCF's validation function: the segmenter's Kaggle mean Dice after the bundle's post-processing."""
     from steelseg import metrics
 
     def validate(compiled: Any, items: Any) -> float:
         acc = metrics.DiceAccumulator()
         for x, mask in items:
-            probs = np.asarray(compiled(x)[0])[0, :, :shape[0], :shape[1]].transpose(1, 2, 0)
+            h, w = mask.shape[:2]
+            probs = np.asarray(compiled(x)[0])[0, :, :h, :w].transpose(1, 2, 0)
             acc.update(postprocess.apply(probs, pp)[None], mask[None])
         return float(acc.compute().mean)
 
