@@ -160,14 +160,14 @@ def test_low_res_scale_trains_small_first_and_saves_the_final_scale(synth_small,
     from steelseg.training.module import SteelsegModule
 
     seen: list[tuple[int, int]] = []  # what the network got in each training step (grad on; val runs without)
-    plain = Segmenter.members_forward
+    plain = Segmenter.members_heads  # the members' call inside forward, after the resize
 
     def spy(self, x):
         if torch.is_grad_enabled():
             seen.append(tuple(x.shape[-2:]))
         return plain(self, x)
 
-    monkeypatch.setattr(Segmenter, "members_forward", spy)
+    monkeypatch.setattr(Segmenter, "members_heads", spy)
     dec = "model.kwargs={decoder_channels: [16, 16, 8, 8, 8], input_scale: 1.0}"
     cfg = tiny_cfg(synth_small, tmp_path, dec, "train.epochs=3", "train.limit_train_batches=2",
                    "train.limit_val_batches=1", "train.low_res_scale=0.5", "train.low_res_share=0.6")
