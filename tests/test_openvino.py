@@ -107,3 +107,18 @@ def test_a_corrupt_ir_file_is_named(exported, tmp_path) -> None:
     xml.write_text(xml.read_text()[:500])
     with pytest.raises(DataError, match=r"segmenters/0/model.xml: not a loadable OpenVINO model"):
         Predictor.from_bundle(tmp_path / "ov")
+
+
+def test_input_scale_graph_on_openvino_and_too_small_named(tmp_path) -> None:
+    """An input_scale segmenter resizes and pads inside its graph: OpenVINO agrees with PyTorch at another
+    size and names an image too small for the traced mirror padding, as the ONNX runner does."""
+    seg = model_folder(tmp_path, extra={"input_scale": 1.3})
+    bundle = write_bundle(tmp_path / "b", [seg], [], PostProcess([0.5] * 4, [0] * 4), kind="plain")
+    export_openvino(bundle, tmp_path / "ov", images())
+    ov = Predictor.from_bundle(tmp_path / "ov", threads=1)
+    other = images(2, (50, 200), seed=1)
+    for a, b in zip(Predictor.from_bundle(bundle).predict(other), ov.predict(other)):
+        assert a.probs.shape == b.probs.shape == (50, 200, 4)
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
+    with pytest.raises(DataError, match=r"40x13 image is too small for this OpenVINO model.*at least 14 px"):
+        ov.predict(images(1, (13, 40), seed=2))

@@ -18,7 +18,7 @@ import numpy as np
 
 from steelseg.errors import DataError
 from steelseg.models.checkpoint import read_model_json
-from steelseg.inference.padding import STRIDE, pad_to_stride
+from steelseg.inference.padding import STRIDE, check_inner_pad, pad_to_stride
 from steelseg.schema import ModelMeta
 
 __all__ = ["STRIDE", "OnnxRunner", "Runner", "TorchRunner", "load_runner", "model_format", "pad_to_stride"]
@@ -122,7 +122,7 @@ class OnnxRunner:
         if self.pad:
             x = pad_to_stride(x)
         elif self.segment:
-            self._check_inner_pad(h, w)
+            check_inner_pad(h, w, self.scale, self.source, "ONNX")
         if not self.dynamic_hw and self.size and list(x.shape[-2:]) != list(self.size):
             raise DataError(f"{self.source}: this ONNX model takes {self.size[1]}x{self.size[0]} images only "
                             f"(its architecture exported with a fixed size), got {w}x{h}")
@@ -134,17 +134,6 @@ class OnnxRunner:
             outs = [np.concatenate([r[k] for r in runs]) for k in range(len(runs[0]))]
         out = outs[0][..., :h, :w] if self.segment else outs[0]
         return out, outs[1] if len(outs) > 1 else None
-
-    def _check_inner_pad(self, h: int, w: int) -> None:
-        """A graph that resizes and pads inside froze PyTorch's mirrored padding when it was traced;
-        mirroring needs the resized image to be larger than the pad, which ONNX Runtime would refuse
-        with its own error. Say what the image needs instead."""
-        sh, sw = int(h * self.scale), int(w * self.scale)  # floor, as the graph's Resize computes it
-        if any(0 < (-side) % STRIDE >= side for side in (sh, sw)):
-            need = next(n for n in range(1, 10 * STRIDE) if (-int(n * self.scale)) % STRIDE < int(n * self.scale))
-            raise DataError(f"{self.source}: a {w}x{h} image is too small for this ONNX model (it resizes by "
-                            f"{self.scale:g} and mirrors the edges to a multiple of {STRIDE} inside the graph): "
-                            f"give it images of at least {need} px per side, or use --backend torch")
 
 
 def model_format(folder: Path, meta: ModelMeta | None = None) -> str:

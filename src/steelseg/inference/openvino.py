@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from steelseg.errors import DataError
-from steelseg.inference.padding import STRIDE, pad_to_stride
+from steelseg.inference.padding import STRIDE, check_inner_pad, pad_to_stride
 from steelseg.schema import ModelMeta
 
 __all__ = ["IR_FILE", "PRECISIONS", "OpenVinoRunner", "compile_config", "fp32_layers", "openvino_module", "ov_core"]
@@ -82,6 +82,7 @@ class OpenVinoRunner:
         self.request = self.compiled.create_infer_request()
         self.segment = meta.model.task == "segment"
         self.pad = self.segment and info.get("stride", STRIDE) is not None
+        self.scale = float((meta.model.kwargs or {}).get("input_scale", 1.0))
         self.n_out = len(self.compiled.outputs)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -91,6 +92,8 @@ class OpenVinoRunner:
         h, w = x.shape[-2:]
         if self.pad:
             x = pad_to_stride(x)
+        elif self.segment:
+            check_inner_pad(h, w, self.scale, self.source, "OpenVINO")
         self.request.infer({0: np.ascontiguousarray(x, np.float32)})
         outs = [np.array(self.request.get_output_tensor(i).data, copy=True) for i in range(self.n_out)]
         probs = outs[0][..., :h, :w] if self.segment else outs[0]
