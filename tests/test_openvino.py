@@ -67,7 +67,7 @@ def test_openvino_export_parity_and_same_submission(bundle, exported, tmp_path) 
     assert (tmp_path / "p-torch" / "submission.csv").read_text() == (tmp_path / "p-ov" / "submission.csv").read_text()
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int8-bf16"])
 def test_reduced_precision_refuses_a_negative_allowed_drop(bundle, tmp_path, precision) -> None:
     ims = images(4)
     truth = [np.zeros((64, 320, 4), np.uint8) for _ in ims]
@@ -97,6 +97,24 @@ def test_int8_layers_kept_in_fp32_are_stored_and_reloaded(bundle, exported, tmp_
     assert pred.segmenters[0].precision == "int8" and pred.predict(ims[:1])[0].probs.shape == (64, 320, 4)
     reread = ov.Core().read_model(str(tmp_path / "ov" / "segmenters" / "0" / "model.xml"))
     assert set(keep) <= set(fp32_layers(reread))  # the IR itself keeps them in fp32
+
+
+def test_streams_split_a_batch_and_agree_with_one_request(exported) -> None:
+    """Two streams run a batch's halves at once (and a batch of one on one request): the same probabilities
+    and gates as one request with every thread; the service asks for one stream (latency)."""
+    from steelseg.inference.openvino import compile_config
+
+    one = Predictor.from_bundle(exported[0], threads=2, streams=1)
+    two = Predictor.from_bundle(exported[0], threads=2)  # default: two streams with two threads
+    assert one.segmenters[0].streams == 1 and two.segmenters[0].streams == 2 == len(two.segmenters[0].requests)
+    assert compile_config("int8-bf16", 2, 2) == {"INFERENCE_PRECISION_HINT": "bf16", "NUM_STREAMS": 2,
+                                                 "INFERENCE_NUM_THREADS": 2}
+    assert compile_config("fp32", None)["PERFORMANCE_HINT"] == "LATENCY"
+    ims = images(5, seed=4)  # batches of 4 and 1
+    for a, b in zip(one.predict(ims), two.predict(ims)):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+        np.testing.assert_allclose(a.gate, b.gate, atol=1e-5)
+        assert (a.masks == b.masks).all()
 
 
 def test_a_corrupt_ir_file_is_named(exported, tmp_path) -> None:

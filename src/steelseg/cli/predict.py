@@ -267,10 +267,10 @@ def _export_openvino(args: argparse.Namespace, data: dict[str, Any], samples: li
         print(f"{precision}: Kaggle Dice {rep.dice_before:.4f} -> {rep.dice_after:.4f} on {len(data['val'])} "
               f"validation images; {rep.speed_fp32:.2f} -> {rep.speed_int8:.2f} images/s "
               f"({rep.speed_int8 / rep.speed_fp32:.2f}x)")
-    if precision == "int8":
+    if precision.startswith("int8"):
         kept = json.loads((Path(args.out) / "bundle.json").read_text())["export"].get("fp32_layers", {})
         for model, layers in kept.items():
-            print(f"{model}: {len(layers)} layer(s) kept in fp32" + (f": {', '.join(layers[:8])}"
+            print(f"{model}: {len(layers)} layer(s) kept out of int8" + (f": {', '.join(layers[:8])}"
                                                                      + (" ..." if len(layers) > 8 else "")
                                                                      if layers else ""))
     print(f"wrote {rep.out} in {rep.seconds:.1f}s (predict with: steelseg predict {rep.out} IMAGES --out DIR)")
@@ -373,9 +373,10 @@ def _register_export(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--format", default="onnx", choices=["onnx", "openvino"], help="export format: onnx (ONNX "
                    "Runtime) or openvino (OpenVINO IR; the openvino extra)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "int8"], help="openvino: fp32 (default), "
-                   "bf16 (AVX-512 BF16 / AMX CPUs) or int8 (NNCF; layers that cost Dice stay fp32); bf16 and int8 "
-                   "are refused past --max-dice-drop")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "int8", "int8-bf16"], help="openvino: fp32 "
+                   "(default), bf16 (AVX-512 BF16 / AMX CPUs), int8 (NNCF; layers that cost Dice stay fp32) or "
+                   "int8-bf16 (int8, the layers left out of it in bf16: the fastest on such CPUs); all but fp32 are "
+                   "refused past --max-dice-drop")
     p.add_argument("--keep-fp32", default=None, help="openvino int8: comma-separated layer names to keep in fp32 from "
                    "the start (an earlier export's bundle.json export.fp32_layers)")
     p.add_argument("--quantize", default=None, choices=["int8"], help="static int8 quantisation (QDQ, per-channel)")

@@ -148,8 +148,9 @@ def model_format(folder: Path, meta: ModelMeta | None = None) -> str:
 
 
 def load_runner(folder: Path, backend: str, device: str = "cpu", which: str = "best",
-                threads: int | None = None, meta: ModelMeta | None = None) -> Runner:
-    """The model in ``folder`` on ``backend``; ``meta`` is its model.json when already read (read once)."""
+                threads: int | None = None, meta: ModelMeta | None = None, streams: int | None = None) -> Runner:
+    """The model in ``folder`` on ``backend``; ``meta`` is its model.json when already read (read once);
+    ``streams``: OpenVINO's requests run at once on a batch (default: 2 with 2+ threads; 1 for latency)."""
     meta = meta or read_model_json(folder)
     fmt = model_format(folder, meta)
     if backend != fmt:
@@ -164,7 +165,7 @@ def load_runner(folder: Path, backend: str, device: str = "cpu", which: str = "b
     if fmt == "openvino":
         from steelseg.inference.openvino import OpenVinoRunner
 
-        return OpenVinoRunner(folder, meta, threads)
+        return OpenVinoRunner(folder, meta, threads, streams)
     if threads:
         import torch
 

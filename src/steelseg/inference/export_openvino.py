@@ -1,4 +1,4 @@
-"""``steelseg export BUNDLE --format openvino [--precision fp32|bf16|int8]``: see
+"""``steelseg export BUNDLE --format openvino [--precision fp32|bf16|int8|int8-bf16]``: see
 :mod:`steelseg.inference.openvino` for what each precision means and how int8 keeps its Dice."""
 
 from __future__ import annotations
@@ -114,14 +114,14 @@ def _reduced(stage: Path, fp32: Predictor, precision: str, calib: Sequence[np.nd
         _set_precision(stage, "bf16")
     else:
         kept = _int8_models(stage, fp32, calib, val, masks, max_drop, keep_fp32)
-        _set_precision(stage, "int8", {k: {"fp32_layers": v} for k, v in kept.items()})
+        _set_precision(stage, precision, {k: {"fp32_layers": v} for k, v in kept.items()})
     reduced = Predictor.from_bundle(stage, backend="openvino", threads=threads)
     report.dice_after = bundle_dice(reduced, val, masks)
     report.speed_int8 = images_per_second(reduced, val)
     _guard(precision, report.dice_before, report.dice_after, len(val), max_drop)
     return {"precision": precision, "dice_before": report.dice_before, "dice_after": report.dice_after,
             "validation_images": len(val), "speed_fp32": report.speed_fp32, "speed_reduced": report.speed_int8,
-            **({"fp32_layers": kept} if precision == "int8" else {})}
+            **({"fp32_layers": kept} if precision != "bf16" else {})}
 
 
 def _inputs(runner: Any, images: Sequence[np.ndarray]) -> list[np.ndarray]:

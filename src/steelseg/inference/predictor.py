@@ -80,15 +80,16 @@ class Predictor:
     @classmethod
     def from_models(cls, segmenters: Sequence[str | Path], classifiers: Sequence[str | Path] = (),
                     pp: postprocess.PostProcess | None = None, tta: bool = False, device: str = "cpu",
-                    which: str = "best", backend: str | None = None, threads: int | None = None) -> Predictor:
+                    which: str = "best", backend: str | None = None, threads: int | None = None,
+                    streams: int | None = None) -> Predictor:
         seg_dirs = [resolve_model_dir(p) for p in segmenters]
         cls_dirs = [resolve_model_dir(p) for p in classifiers]
         if not seg_dirs:
             raise DataError("no segmenter given")
         metas = {d: read_model_json(d) for d in seg_dirs + cls_dirs}  # each model.json parsed once
         backend = backend or bundle_backend(metas)
-        segs = [load_runner(d, backend, device, which, threads, metas[d]) for d in seg_dirs]
-        clss = [load_runner(d, backend, device, which, threads, metas[d]) for d in cls_dirs]
+        segs = [load_runner(d, backend, device, which, threads, metas[d], streams) for d in seg_dirs]
+        clss = [load_runner(d, backend, device, which, threads, metas[d], streams) for d in cls_dirs]
         names = _check_models(segs, clss)
         pp = pp or postprocess.PostProcess.default(len(names))
         if pp.num_classes != len(names):
@@ -98,9 +99,9 @@ class Predictor:
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu", tta: bool | None = None,
                     backend: str | None = None, threads: int | None = None, tile: int | None = None,
-                    overlap: int | None = None) -> Predictor:
-        """Load a bundle; ``backend`` (torch / onnx) defaults to what its model files are; ``tile`` /
-        ``overlap`` default to the bundle's setting (none: whole images)."""
+                    overlap: int | None = None, streams: int | None = None) -> Predictor:
+        """Load a bundle; ``backend`` (torch / onnx / openvino) defaults to what its model files are; ``tile`` /
+        ``overlap`` default to the bundle's setting (none: whole images); ``streams``: see ``load_runner``."""
         path = Path(path)
         info = read_bundle(path)
         pp = postprocess.PostProcess.load(path / "postprocess.json")
@@ -111,7 +112,7 @@ class Predictor:
         if info.kind == "all-empty":
             return cls([], [], pp, info.class_names, use_tta, device, empty=True, backend=backend or "torch")
         segs, clss = bundle_model_dirs(path, info)
-        pred = cls.from_models(segs, clss, pp, use_tta, device, backend=backend, threads=threads)
+        pred = cls.from_models(segs, clss, pp, use_tta, device, backend=backend, threads=threads, streams=streams)
         if pred.class_names != info.class_names:
             raise DataError(f"{path / BUNDLE_JSON}: class_names {info.class_names} differ from the models' "
                             f"{pred.class_names}")

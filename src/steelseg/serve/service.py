@@ -95,7 +95,8 @@ class Service:
         self.cfg = cfg
         self.bundle = Path(cfg.bundle)
         self.info = read_bundle(self.bundle)
-        self.predictor = Predictor.from_bundle(self.bundle, backend=cfg.backend, threads=cfg.threads)
+        # one image a request: OpenVINO on one stream with every thread (latency), not split streams
+        self.predictor = Predictor.from_bundle(self.bundle, backend=cfg.backend, threads=cfg.threads, streams=1)
         self.bundle_id = _bundle_id(self.bundle)
         self.metrics = _Metrics(self.predictor.class_names)
         self.lock = threading.Lock()  # one prediction at a time per worker: no oversubscribed cores
