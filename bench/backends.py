@@ -47,6 +47,8 @@ def main() -> int:
     ap.add_argument("--split", required=True, type=Path, help="split.json whose val list is predicted")
     ap.add_argument("--images", type=int, default=32, help="images timed (Dice uses every val image)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--streams", type=int, default=None, help="OpenVINO streams (default: the Predictor's, 2 "
+                    "with 2+ threads; 1 = one request on every thread)")
     args = ap.parse_args()
 
     import torch
@@ -64,13 +66,14 @@ def main() -> int:
     flops = _flops(args.bundles[0], images[0])
     fp32, bf16, how = peaks()
     print(f"{len(val)} validation images ({images[0].shape[1]}x{images[0].shape[0]}); timing on {args.images}; "
-          f"{args.threads} threads; {flops:.1f} GFLOPs/image\npeaks: {how}")
+          f"{args.threads} threads; OpenVINO streams {args.streams or 'auto'}; batch "
+          f"{first.batch_for(images[0].shape[:2])}; {flops:.1f} GFLOPs/image\npeaks: {how}")
     print(f"{'bundle':<28}{'backend':>10}{'precision':>10}{'img/s':>8}{'ratio':>7}{'GFLOP/s':>9}{'of fp32':>8}"
           f"{'Dice':>8}{'empty':>8}{'missed':>8}{'flagged':>8}")
     base = None
     for b in args.bundles:
-        pred = Predictor.from_bundle(b, threads=args.threads)
-        pred.predict(images[:1])
+        pred = Predictor.from_bundle(b, threads=args.threads, streams=args.streams)
+        pred.predict(images[:pred.batch_for(images[0].shape[:2])])
         t0 = time.perf_counter()
         pred.predict(images[:args.images])
         ips = min(args.images, len(images)) / (time.perf_counter() - t0)

@@ -8,7 +8,8 @@ Lines, each timed end to end from image file to RLE strings:
   torch          steelseg Predictor, PyTorch backend (batch 4)
   onnx fp32      steelseg Predictor, ONNX Runtime (exported by steelseg export, parity-checked)
   onnx int8      the same, statically quantised (QDQ, per-channel)
-  openvino fp32 / bf16 / int8   steelseg export --format openvino (when the openvino extra is installed)
+  openvino fp32 / bf16 / int8 / int8-bf16   steelseg export --format openvino (when the openvino extra is
+                 installed; a batch split over two CPU streams, the Predictor's default)
 each of the steelseg lines with and without a binary gating classifier that skips the segmenter
 on images it calls defect-free (trained here briefly on other synthetic strips).
 
@@ -31,7 +32,7 @@ import numpy as np
 
 SEG_THRESHOLD, MIN_AREA = 0.5, 0  # the notebook's post-processing, the same as the bundle's
 LINES = (("onnx fp32", None), ("onnx int8", "int8"), ("openvino fp32", None), ("openvino bf16", "bf16"),
-         ("openvino int8", "ov-int8"))
+         ("openvino int8", "ov-int8"), ("openvino int8-bf16", "ov-int8"))
 
 
 def _has_openvino() -> bool:

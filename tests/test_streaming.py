@@ -31,3 +31,32 @@ def test_progress_lines_say_rate_and_eta(capsys) -> None:
     meter.close()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("predicted 4/10 (40%),") and "img/s, ETA" in err[0]
+
+
+def test_small_images_go_in_larger_batches_with_the_same_predictions(tmp_path) -> None:
+    """batch_size is for 1600x256 strips; a 200x200 image goes 16 a call (the same pixels, at most 16), and
+    the predictions do not depend on the batching."""
+    from steelseg.inference.predictor import Predictor
+
+    from .conftest import tiny_bundle_at
+
+    pred = Predictor.from_bundle(tiny_bundle_at(tmp_path, ["a", "b"]))
+    assert pred.batch_size == 4
+    assert [pred.batch_for(s) for s in [(256, 1600), (500, 1263), (200, 200), (8, 8)]] == [4, 4, 16, 16]
+    paths = []
+    for i in range(20):
+        p = tmp_path / f"{i:02d}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56), dtype=np.uint8)).save(p)
+        paths.append(p)
+    calls: list[int] = []
+    inner = pred._predict_same_size
+    pred._predict_same_size = lambda ims, shape: calls.append(len(ims)) or inner(ims, shape)  # type: ignore[method-assign]
+    streamed = [p for _, p in pred.predict_paths(paths, prefetch=False)]
+    assert calls == [16, 4]  # the folder is read 16 at a time: the first image's header says 40x56
+    calls.clear()
+    pred.batch_for = lambda shape: 1  # type: ignore[method-assign]
+    one_by_one = pred.predict([np.asarray(Image.open(p)) for p in paths])
+    assert calls == [1] * 20
+    for a, b in zip(streamed, one_by_one):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+        assert (a.masks == b.masks).all()

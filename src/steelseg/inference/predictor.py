@@ -57,6 +57,9 @@ def _check_models(segs: list[Runner], clss: list[Runner]) -> list[str]:
     return list(names)
 
 
+STRIP_PIXELS = 256 * 1600  # batch_size images of this size is the memory a call may take
+
+
 @dataclass
 class Predictor:
     """Runs segmenters (averaged) and classifiers (averaged) and post-processes their output.
@@ -186,11 +189,19 @@ class Predictor:
                 continue
             groups.setdefault(img.shape[:2], []).append(i)
         for shape, idx in groups.items():
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start:start + self.batch_size]
+            step = self.batch_for(shape)
+            for start in range(0, len(idx), step):
+                chunk = idx[start:start + step]
                 for i, pred in zip(chunk, self._predict_same_size([images[j] for j in chunk], shape)):
                     results[i] = pred
         return [r for r in results if r is not None]
+
+    def batch_for(self, shape: tuple[int, int]) -> int:
+        """Images per model call: ``batch_size`` for a 1600x256 strip or larger; small images go in more of
+        them, up to the same pixels and at most 16 (a 200x200 NEU-Seg image: 16; fewer, larger calls run
+        faster on every backend, bench in docs/results.md)."""
+        pixels = max(1, shape[0] * shape[1])
+        return max(self.batch_size, min(16, self.batch_size * STRIP_PIXELS // pixels))
 
     def predict_tiled(self, image: np.ndarray) -> Prediction:
         """One large image in overlapping ``tile`` x ``tile`` windows (:mod:`steelseg.inference.tiles`)."""
@@ -237,7 +248,8 @@ class Predictor:
         when the machine has more than 2 cores; ``bench/predict_stream.py`` measures it). Progress: a
         tqdm bar (images/s, ETA) on a terminal, else a line with images/s and the ETA every 30 s."""
         paths = [Path(p) for p in paths]
-        chunks = [paths[i:i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        step = self._first_batch(paths)
+        chunks = [paths[i:i + step] for i in range(0, len(paths), step)]
         if prefetch is None:
             prefetch = (os.cpu_count() or 1) > 2
         meter = _Progress(len(paths), progress)
@@ -247,6 +259,21 @@ class Predictor:
                 meter.update(len(chunk))
         finally:
             meter.close()
+
+
+    def _first_batch(self, paths: list[Path]) -> int:
+        """:meth:`batch_for` the first image's size, read from its header (a folder's images share one
+        size, as a line's camera makes them); ``batch_size`` when it cannot be read (decoding says why)."""
+        if not paths or self.tile:
+            return self.batch_size
+        try:
+            from PIL import Image
+
+            with Image.open(paths[0]) as im:
+                w, h = im.size
+        except (OSError, ValueError):
+            return self.batch_size
+        return self.batch_for((h, w))
 
 
 def _decoded(chunks: list[list[Path]], prefetch: bool) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
