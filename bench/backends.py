@@ -6,7 +6,7 @@ Every bundle (torch, onnx, onnx int8, openvino fp32 / bf16 / int8, as `steelseg 
 the validation images of ``--split`` (its "val" list), one process, ``--threads`` threads each. Speed is timed
 on the first ``--images`` of them after a warm-up, end to end from decoded image to masks; Dice, the all-empty
 score and the image-level misses / false alarms use all of them. The first bundle is the baseline of the
-ratio column. GFLOP/s: the first bundle's PyTorch segmenter's FLOPs per image (torch's FlopCounterMode)
+ratio column. GFLOP/s: the first PyTorch bundle's segmenter's FLOPs per image (torch's FlopCounterMode)
 times images/s. The peaks it is compared with are derived from /proc/cpuinfo and printed: cores x GHz x
 2 FMA units x 16 fp32 lanes x 2 (fp32); AVX-512 BF16 doubles that; AMX tiles reach far more, so the bf16
 line's ratio to the fp32 peak is what says whether OpenVINO used them.
@@ -63,7 +63,7 @@ def main() -> int:
     val = json.loads(args.split.read_text())["val"]
     images = [ds.load_image(i, None) for i in val]
     truth = [ds.load_mask(i) for i in val]
-    flops = _flops(args.bundles[0], images[0])
+    flops = next((f for f in (_flops(b, images[0]) for b in args.bundles) if f), 0.0)
     fp32, bf16, how = peaks()
     print(f"{len(val)} validation images ({images[0].shape[1]}x{images[0].shape[0]}); timing on {args.images}; "
           f"{args.threads} threads; OpenVINO streams {args.streams or 'auto'}; batch "

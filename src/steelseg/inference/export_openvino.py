@@ -159,9 +159,9 @@ def _int8_models(stage: Path, fp32: Predictor, calib: Sequence[np.ndarray], val:
         for f in (IR_FILE, IR_FILE.replace(".xml", ".bin")):
             (folder / f).unlink()
         ov.save_model(q, str(folder / IR_FILE), compress_to_fp16=False)
-        kept[str(folder.relative_to(stage))] = fp32_layers(q)
-        print(f"int8 {folder.relative_to(stage)}: {len(kept[str(folder.relative_to(stage))])} layer(s) kept in fp32",
-              file=sys.stderr, flush=True)
+        name = str(folder.relative_to(stage))
+        kept[name] = fp32_layers(q)
+        print(f"int8 {name}: {len(kept[name])} layer(s) kept out of int8", file=sys.stderr, flush=True)
     return kept
 
 
