@@ -47,13 +47,14 @@ def main() -> int:
     ap.add_argument("--split", required=True, type=Path, help="split.json whose val list is predicted")
     ap.add_argument("--images", type=int, default=32, help="images timed (Dice uses every val image)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eager", action="store_true", help="first, the notebook loop (eager PyTorch, batch 1) on "
+                    "the first PyTorch bundle's segmenter, as the ratio's baseline")
     ap.add_argument("--streams", type=int, default=None, help="OpenVINO streams (default: the Predictor's, 2 "
                     "with 2+ threads; 1 = one request on every thread)")
     args = ap.parse_args()
 
     import torch
 
-    from steelseg import metrics
     from steelseg.data.open import open_dataset
     from steelseg.inference.predictor import Predictor
 
@@ -69,27 +70,69 @@ def main() -> int:
           f"{args.threads} threads; OpenVINO streams {args.streams or 'auto'}; batch "
           f"{first.batch_for(images[0].shape[:2])}; {flops:.1f} GFLOPs/image\npeaks: {how}")
     print(f"{'bundle':<28}{'backend':>10}{'precision':>10}{'img/s':>8}{'ratio':>7}{'GFLOP/s':>9}{'of fp32':>8}"
-          f"{'Dice':>8}{'empty':>8}{'missed':>8}{'flagged':>8}")
+          f"{'of bf16':>8}{'Dice':>8}{'empty':>8}{'missed':>8}{'flagged':>8}")
+    n = min(args.images, len(images))
     base = None
+    if args.eager:  # the notebook loop on the first PyTorch bundle's segmenter: the ratio's baseline
+        folder = next(b for b in args.bundles if (b / "segmenters" / "0" / "best.safetensors").is_file())
+        loop = _eager_loop(folder, Predictor.from_bundle(folder).pp)
+        loop(images[:1])
+        t0 = time.perf_counter()
+        loop(images[:n])
+        base = n / (time.perf_counter() - t0)
+        _row("eager loop (notebook)", "torch", "fp32", base, base, flops, (fp32, bf16), loop(images), truth)
     for b in args.bundles:
         pred = Predictor.from_bundle(b, threads=args.threads, streams=args.streams)
         pred.predict(images[:pred.batch_for(images[0].shape[:2])])
         t0 = time.perf_counter()
-        pred.predict(images[:args.images])
-        ips = min(args.images, len(images)) / (time.perf_counter() - t0)
+        pred.predict(images[:n])
+        ips = n / (time.perf_counter() - t0)
         base = base or ips
-        acc, empty = metrics.DiceAccumulator(), metrics.DiceAccumulator()
-        missed = flagged = 0
-        for p, t in zip(pred.predict(images), truth):
-            acc.update(p.masks[None], t[None])
-            empty.update(np.zeros_like(t)[None], t[None])
-            missed += int(t.any() and not p.masks.any())
-            flagged += int(p.masks.any() and not t.any())
-        prec = _precision(b)
-        print(f"{b.name:<28}{pred.backend:>10}{prec:>10}{ips:>8.2f}{ips / base:>7.2f}{flops * ips:>9.1f}"
-              f"{flops * ips / fp32:>8.2f}{acc.compute().mean:>8.4f}{empty.compute().mean:>8.4f}"
-              f"{missed:>4}/{sum(bool(t.any()) for t in truth):<3}{flagged:>4}/{sum(not t.any() for t in truth):<3}")
+        _row(b.name, pred.backend, _precision(b), ips, base, flops, (fp32, bf16), [p.masks for p in pred.predict(images)],
+             truth)
     return 0
+
+
+def _row(name: str, backend: str, prec: str, ips: float, base: float, flops: float, peak: tuple[float, float],
+         masks: list[np.ndarray], truth: list[np.ndarray]) -> None:
+    from steelseg import metrics
+
+    acc, empty = metrics.DiceAccumulator(), metrics.DiceAccumulator()
+    missed = flagged = 0
+    for m, t in zip(masks, truth):
+        acc.update(m[None], t[None])
+        empty.update(np.zeros_like(t)[None], t[None])
+        missed += int(t.any() and not m.any())
+        flagged += int(m.any() and not t.any())
+    print(f"{name:<28}{backend:>10}{prec:>10}{ips:>8.2f}{ips / base:>7.2f}{flops * ips:>9.1f}"
+          f"{flops * ips / peak[0]:>8.2f}{flops * ips / peak[1]:>8.2f}{acc.compute().mean:>8.4f}"
+          f"{empty.compute().mean:>8.4f}{missed:>4}/{sum(bool(t.any()) for t in truth):<3}"
+          f"{flagged:>4}/{sum(not t.any() for t in truth):<3}")
+
+
+def _eager_loop(folder: Path, pp):
+    """What a notebook writes: one image at a time through the eager PyTorch model, sigmoid, then the bundle's
+    own post-processing so the masks compare (the input made by steelseg's to_input, so the pixels match)."""
+    import torch
+
+    from steelseg.data.images import to_input
+    from steelseg.inference import postprocess
+    from steelseg.models.checkpoint import load_model
+
+    net, meta = load_model(folder / "segmenters" / "0")
+    net.eval()
+    spec = meta.input.spec()
+
+    def loop(images: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        with torch.no_grad():
+            for img in images:
+                x = torch.from_numpy(np.ascontiguousarray(to_input([img], spec), np.float32))
+                probs = torch.sigmoid(net(x))[0].numpy().transpose(1, 2, 0)
+                out.append(postprocess.apply(probs, pp))
+        return out
+
+    return loop
 
 
 def _precision(bundle: Path) -> str:

@@ -84,3 +84,24 @@ def test_review_loop_bench_runs(tmp_path) -> None:
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "reviewed 11 strips" in out.stdout and "Dice model vs final" in out.stdout
+
+
+def test_backends_bench_runs_with_the_notebook_loop(tmp_path) -> None:
+    import json
+
+    from steelseg.data.synth import CLASS_NAMES
+
+    from .conftest import tiny_bundle_at
+
+    bundle = tiny_bundle_at(tmp_path, CLASS_NAMES)
+    subprocess.run([sys.executable, "-m", "steelseg.cli", "synth", str(tmp_path / "d"), "--images", "4", "--seed", "1",
+                    "--height", "64", "--width", "256"], check=True, stdout=subprocess.DEVNULL)
+    ids = sorted(p.name for p in (tmp_path / "d" / "train_images").iterdir())
+    (tmp_path / "split.json").write_text(json.dumps({"val": ids}))
+    out = subprocess.run([sys.executable, str(BENCH / "backends.py"), "--eager", "--data", str(tmp_path / "d"),
+                          "--split", str(tmp_path / "split.json"), "--images", "2", "--threads", "1", str(bundle)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert any(ln.startswith("eager loop (notebook)") for ln in lines) and any(ln.startswith("bundle ") for ln in lines)
+    assert "of bf16" in out.stdout and "peaks:" in out.stdout
