@@ -13,7 +13,8 @@ Lines, each timed end to end from image file to RLE strings:
 each of the steelseg lines with and without a binary gating classifier that skips the segmenter
 on images it calls defect-free (trained here briefly on other synthetic strips).
 
-Prints images/s, the ratio to the baseline, the model's GFLOPs per image, the GFLOP/s reached and each
+Prints images/s, the ratio to the baseline, the model's GFLOPs per image, the GFLOP/s reached (and its share
+of the fp32 and bf16 peaks, derived from /proc/cpuinfo as bench/backends.py does) and each
 line's Kaggle Dice on the labelled test strips, and checks that every fp32 line writes the same masks as
 the baseline loop.
 Usage: python bench/inference.py [--images 16] [--threads 2] [--seg-minutes 6] [--gate-minutes 3]
@@ -266,8 +267,14 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     baseline_loop(seg, paths[:1], 0.449, 0.226)  # warm-up
     t_base, ref = timed(lambda: baseline_loop(seg, paths, 0.449, 0.226, ref_probs if not ref_probs else None))
     base_ips = len(paths) / t_base
-    print(f"{'line':<26}{'images/s':>10}{'x baseline':>12}{'GFLOP/s':>10}{'skipped':>9}{'Dice':>8}  masks")
-    print(f"{'baseline (notebook loop)':<26}{base_ips:>10.2f}{1.0:>12.2f}{g_seg * base_ips:>10.1f}{0:>9}"
+    from backends import peaks  # bench/backends.py: the fp32 / bf16 peaks from /proc/cpuinfo
+
+    fp32, bf16, how = peaks()
+    print(f"peaks: {how}")
+    print(f"{'line':<26}{'images/s':>10}{'x baseline':>12}{'GFLOP/s':>10}{'of fp32':>8}{'of bf16':>8}{'skipped':>9}"
+          f"{'Dice':>8}  masks")
+    g = g_seg * base_ips
+    print(f"{'baseline (notebook loop)':<26}{base_ips:>10.2f}{1.0:>12.2f}{g:>10.1f}{g / fp32:>8.2f}{g / bf16:>8.2f}{0:>9}"
           f"{rows_dice(ref, masks):>8.4f}  reference")
     for name, (b_plain, b_gated) in bundles.items():
         for label, bundle in (("", b_plain), (" + gate", b_gated)):
@@ -293,7 +300,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             if label:
                 lost = sum(1 for i, sk in enumerate(skipped) if sk and not truth_free[i])
                 same += f"; {lost} skipped image(s) had defects"
-            print(f"{name + label:<26}{ips:>10.2f}{ips / base_ips:>12.2f}{work:>10.1f}{n_skip:>9}"
+            print(f"{name + label:<26}{ips:>10.2f}{ips / base_ips:>12.2f}{work:>10.1f}{work / fp32:>8.2f}"
+                  f"{work / bf16:>8.2f}{n_skip:>9}"
                   f"{rows_dice(rows, masks):>8.4f}  {same}")
     if int8_note:
         print(int8_note.rstrip())

@@ -49,7 +49,8 @@ def test_inference_bench_runs() -> None:
                           "--skip-openvino"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    for line in ("baseline (notebook loop)", "onnx fp32 + gate", "onnx int8 + gate", "GFLOPs/image", "avx"):
+    for line in ("baseline (notebook loop)", "onnx fp32 + gate", "onnx int8 + gate", "GFLOPs/image", "avx", "peaks:",
+                 "of bf16"):
         assert line in out.stdout, out.stdout
     assert "openvino" not in out.stdout  # --skip-openvino: the export is tested in test_openvino.py
     assert "DIFFERENT" not in out.stdout  # fp32 lines write the baseline's masks
