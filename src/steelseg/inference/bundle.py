@@ -18,7 +18,8 @@ from typing import Any
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, staged_dir
 from steelseg.inference import postprocess
-from steelseg.inference.backends import model_format
+from steelseg.inference.backends import ONNX_FILE, model_format
+from steelseg.inference.openvino import IR_FILE
 from steelseg.models.checkpoint import read_model_json
 from steelseg.schema import BundleInfo, ModelMeta, build, load_json, to_dict
 
@@ -68,7 +69,7 @@ def _copy_model(src: Path, dst: Path, meta: ModelMeta) -> list[str]:
     shutil.copyfile(src / "model.json", dst / "model.json")
     fmt = model_format(src, meta)
     if fmt in ("onnx", "openvino"):
-        name = str((meta.weights or {}).get("file", "model.onnx" if fmt == "onnx" else "model.xml"))
+        name = str((meta.weights or {}).get("file", ONNX_FILE if fmt == "onnx" else IR_FILE))
         shutil.copyfile(src / name, dst / name)
         if fmt == "openvino":  # the IR's weights beside its graph
             shutil.copyfile((src / name).with_suffix(".bin"), (dst / name).with_suffix(".bin"))

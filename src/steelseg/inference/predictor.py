@@ -260,7 +260,6 @@ class Predictor:
         finally:
             meter.close()
 
-
     def _first_batch(self, paths: list[Path]) -> int:
         """:meth:`batch_for` the first image's size, read from its header (a folder's images share one
         size, as a line's camera makes them); ``batch_size`` when it cannot be read (decoding says why)."""
