@@ -95,6 +95,9 @@ def test_cv_tune_cli(tmp_path, capsys):
     assert rc == 0 and "out-of-fold Dice" in out and "6 / 6" in out
     saved = json.loads((tmp_path / "cv.json").read_text())
     assert saved["folds"][2]["missed"] == 6 and saved["summary"]["defective"] == 18
+    assert saved["scaled_searched"] is True
+    rc, out, _ = cli_run(capsys, "cv-tune", *dirs, "--no-scaled", "--json", tmp_path / "hard.json")
+    assert rc == 0 and json.loads((tmp_path / "hard.json").read_text())["scaled_searched"] is False
     rc, out, _ = cli_run(capsys, "cv-tune", dirs[0], "--inner", "2")
     assert rc == 0 and "part 2" in out
     expect_error(capsys, "one eval folder", "cv-tune", *dirs, "--inner", "2")

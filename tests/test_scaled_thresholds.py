@@ -64,3 +64,19 @@ def test_tune_keeps_the_scaled_threshold_where_it_beats_the_hard_gate():
     assert scores == [pytest.approx(1.0)] and refined.gate_scale == soft.chosen.gate_scale
     no_cls = tune_postprocess(hist_all, hist_true, 100)  # no classifier: nothing to scale by
     assert no_cls.chosen.gate_scale is None
+
+
+def test_cross_tune_can_leave_the_scaled_thresholds_out():
+    """cv-tune --no-scaled: the same folds tuned with hard gates only, to measure what scaling adds."""
+    from steelseg.inference.crosstune import cross_tune
+
+    _, _, gate, (hist_all, hist_true) = _case()
+    folds = [{"hist_all": hist_all[:, None], "hist_true": hist_true[:, None], "gate": gate,
+              "image_pixels": np.full(4, 100), "image_ids": np.array([f"f{k}_{i}" for i in range(4)])}
+             for k in range(2)]
+    soft = cross_tune(folds, ["a", "b"])
+    hard = cross_tune(folds, ["a", "b"], scaled=False)
+    assert all(f.chosen.gate_scale[0] > 1 for f in soft.folds) and soft.pooled.gate_scale[0] > 1
+    assert all(f.chosen.gate_scale is None for f in hard.folds) and hard.pooled.gate_scale is None
+    assert soft.summary()["oof_dice"]["mean"] == pytest.approx(1.0)
+    assert hard.summary()["oof_dice"]["mean"] < 0.99

@@ -85,7 +85,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     pred = load_predictions(eval_dir)
     pixels = int(np.median(pred["image_pixels"]))
     report = tune_postprocess(pred["hist_all"], pred["hist_true"], pixels, pred.get("gate"),
-                              min_recall=args.min_recall)
+                              min_recall=args.min_recall, scaled=not args.no_scaled)
     if "probs" in pred and "true" in pred:  # refine with a minimum connected-component size
         report.chosen, report.after = tune_min_component(pred["probs"], pred["true"], report.chosen,
                                                          pred.get("gate"), min_recall=args.min_recall)
@@ -97,7 +97,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     extra = {"tuned_on": {"data": str(args.data), "split": args.split, "images": int(len(pred["image_ids"])),
                           "dice_before": report.mean_before, "dice_after": report.mean_after,
                           "per_class_before": report.before, "per_class_after": report.after,
-                          "min_recall": args.min_recall, "detection": detection}}
+                          "min_recall": args.min_recall, "scaled_searched": not args.no_scaled,
+                          "detection": detection}}
     out = write_bundle(args.out, args.runs, args.classifier or [], report.chosen, names, args.tta,
                        extra=extra, overwrite=args.overwrite, tile=args.tile,
                        overlap=128 if args.overlap is None else args.overlap)
@@ -152,7 +153,7 @@ def cmd_cv_tune(args: argparse.Namespace) -> int:
             raise SteelsegError("--inner scores one model: give one eval folder (run it once per fold)")
         preds = split_by_group(preds[0], args.inner)
         names = [f"{names[0]} part {k + 1}" for k in range(args.inner)]
-    res = cross_tune(preds, names, args.min_recall)
+    res = cross_tune(preds, names, args.min_recall, scaled=not args.no_scaled)
     rows = []
     for f in res.folds:
         pp = f.chosen
@@ -175,11 +176,12 @@ def cmd_cv_tune(args: argparse.Namespace) -> int:
           f"min area {pooled.min_area}" + ("" if pooled.gate_threshold is None else f", gate {pooled.gate_threshold}"))
     if args.json:
         atomic_json(args.json, {"summary": s, "pooled": asdict(pooled), "min_recall": args.min_recall,
-                                      "folds": [{"eval_dir": f.name, "images": f.images, "chosen": asdict(f.chosen),
-                                                 "oof_dice": f.oof, "own_dice": f.own, "all_empty_dice": f.all_empty,
-                                                 "missed": f.missed, "defective": f.defective,
-                                                 "false_alarms": f.false_alarms, "defect_free": f.defect_free}
-                                                for f in res.folds]})
+                                "scaled_searched": not args.no_scaled,
+                                "folds": [{"eval_dir": f.name, "images": f.images, "chosen": asdict(f.chosen),
+                                           "oof_dice": f.oof, "own_dice": f.own, "all_empty_dice": f.all_empty,
+                                           "missed": f.missed, "defective": f.defective,
+                                           "false_alarms": f.false_alarms, "defect_free": f.defect_free}
+                                          for f in res.folds]})
         print(f"wrote {args.json}")
     return 0
 
@@ -295,8 +297,15 @@ def _register_cv_tune(sub: Any) -> None:
     p.add_argument("--inner", type=int, default=None, metavar="K",
                    help="score one model instead: split its eval folder into K parts of whole groups (the first "
                         "folder of each image id) and score each part tuned on the others")
+    _add_no_scaled(p)
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     p.set_defaults(func=cmd_cv_tune)
+
+
+def _add_no_scaled(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-scaled", action="store_true",
+                   help="with a classifier (or a two-head model): search hard gates only, not classifier-scaled "
+                        "pixel thresholds t0*(s-(s-1)*p); to measure what the scaled thresholds add")
 
 
 def register(sub: Any) -> None:
@@ -321,6 +330,7 @@ def register(sub: Any) -> None:
                    help="keep only settings that still give a mask to at least this share of the defective "
                         "validation images of each class (1.0: miss none; a missed crack costs more than a "
                         "second look)")
+    _add_no_scaled(p)
     _add_bundle_out_args(p)
     p.set_defaults(func=cmd_tune)
 

@@ -97,29 +97,33 @@ def _check(preds: list[dict[str, np.ndarray]], names: list[str]) -> None:
                                 "out-of-fold tuning needs each fold's own validation images")
 
 
-def _tune(p: dict[str, np.ndarray], min_recall: float | None) -> Any:
+def _tune(p: dict[str, np.ndarray], min_recall: float | None, scaled: bool = True) -> Any:
     pixels = int(np.median(p["image_pixels"]))
-    return tune_postprocess(p["hist_all"], p["hist_true"], pixels, p.get("gate"), min_recall=min_recall)
+    return tune_postprocess(p["hist_all"], p["hist_true"], pixels, p.get("gate"), min_recall=min_recall,
+                            scaled=scaled)
 
 
-def _fold_score(name: str, p: dict[str, np.ndarray], pp: PostProcess, min_recall: float | None) -> FoldScore:
+def _fold_score(name: str, p: dict[str, np.ndarray], pp: PostProcess, min_recall: float | None,
+                scaled: bool = True) -> FoldScore:
     true = p["hist_true"].sum(axis=2) > 0  # (N, C)
     found = detected_from_histograms(p["hist_all"], pp, p.get("gate"))
     empty = (~true).mean(axis=0).tolist()
     return FoldScore(name, int(true.shape[0]), pp, dice_under(p["hist_all"], p["hist_true"], pp, p.get("gate")),
-                     _tune(p, min_recall).after, [float(v) for v in empty],
+                     _tune(p, min_recall, scaled).after, [float(v) for v in empty],
                      int((true.any(1) & ~found.any(1)).sum()), int(true.any(1).sum()),
                      int((~true.any(1) & found.any(1)).sum()), int((~true.any(1)).sum()))
 
 
-def cross_tune(preds: list[dict[str, np.ndarray]], names: list[str], min_recall: float | None = None) -> CrossTune:
-    """Leave-one-fold-out tuning over the saved predictions of each fold (``load_predictions``)."""
+def cross_tune(preds: list[dict[str, np.ndarray]], names: list[str], min_recall: float | None = None,
+               scaled: bool = True) -> CrossTune:
+    """Leave-one-fold-out tuning over the saved predictions of each fold (``load_predictions``);
+    ``scaled=False`` searches hard classifier gates only (no classifier-scaled thresholds)."""
     _check(preds, names)
     folds = []
     for k, name in enumerate(names):
         others = _pool([p for j, p in enumerate(preds) if j != k])
-        folds.append(_fold_score(name, preds[k], _tune(others, min_recall).chosen, min_recall))
-    return CrossTune(folds, _tune(_pool(preds), min_recall).chosen)
+        folds.append(_fold_score(name, preds[k], _tune(others, min_recall, scaled).chosen, min_recall, scaled))
+    return CrossTune(folds, _tune(_pool(preds), min_recall, scaled).chosen)
 
 
 def split_by_group(pred: dict[str, np.ndarray], parts: int) -> list[dict[str, np.ndarray]]:
