@@ -147,6 +147,12 @@ def test_gated_logits_are_the_logits_of_the_product_of_the_sigmoids() -> None:
     c = torch.tensor([[1.5]])
     want = torch.sigmoid(m) * torch.sigmoid(c)[..., None, None]
     torch.testing.assert_close(torch.sigmoid(gated_logits(m, c)), want, atol=1e-6, rtol=1e-5)
+    # bf16 autocast (the recipes' training precision): sure pixels stay finite, so the validation loss does
+    with torch.autocast("cpu", torch.bfloat16):
+        sure = gated_logits(torch.full((1, 1, 2, 2), 30.0, dtype=torch.bfloat16),
+                            torch.full((1, 1), 30.0, dtype=torch.bfloat16))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(sure, torch.zeros(1, 1, 2, 2))
+    assert torch.isfinite(sure).all() and sure.dtype == torch.float32 and torch.isfinite(loss)
 
 
 def test_two_head_segmenter_trains_exports_and_gates_itself(synth_small, tmp_path) -> None:

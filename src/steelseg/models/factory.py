@@ -84,8 +84,9 @@ class Segmenter(nn.Module):
 
 def gated_logits(masks: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     """logit(sigmoid(masks) * sigmoid(cls)) per pixel and class, computed in log space (4th place's soft
-    gate); ``cls`` is (B, K), broadcast over the image."""
-    lp = F.logsigmoid(masks) + F.logsigmoid(cls)[..., None, None]
+    gate); ``cls`` is (B, K), broadcast over the image. In float32 whatever the autocast: in bf16,
+    exp(-1e-7) rounds to 1 and a sure pixel's logit would be +inf (a NaN loss)."""
+    lp = F.logsigmoid(masks.float()) + F.logsigmoid(cls.float())[..., None, None]
     lp = torch.clamp(lp, max=-1e-7)  # p < 1: log(1 - p) stays finite
     return lp - torch.log1p(-torch.exp(lp))
 
