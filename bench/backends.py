@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -24,19 +23,20 @@ import numpy as np
 
 
 def peaks() -> tuple[float, float, str]:
-    """(fp32 peak, AVX-512 BF16 peak) in GFLOP/s from /proc/cpuinfo, and how they were derived."""
-    mhz, flags = 0.0, set()
+    """(fp32 peak, bf16 peak) in GFLOP/s from the machine's facts (steelseg.machine: the fp32 lanes of the
+    widest vector unit the libraries use, 16 with AVX-512 and 8 with AVX2, and native bf16), and how."""
+    from steelseg.machine import machine_facts
+
+    m = machine_facts()
+    mhz = 0.0
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("cpu MHz") and not mhz:
+        if line.startswith("cpu MHz"):
             mhz = float(line.split(":")[1])
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":")[1].split())
-    cores = os.cpu_count() or 1
-    lanes = 16 if "avx512f" in flags else 8
-    fp32 = cores * mhz / 1000 * 2 * lanes * 2
-    bf16 = fp32 * 2 if "avx512_bf16" in flags else fp32
-    how = (f"{cores} cores x {mhz / 1000:.2f} GHz x 2 FMA units x {lanes} fp32 lanes x 2 flops = {fp32:.0f} GFLOP/s "
-           f"fp32; avx512_bf16 x2 = {bf16:.0f}; amx: {'yes' if 'amx_bf16' in flags else 'no'}")
+            break
+    fp32 = m.cores * mhz / 1000 * 2 * m.fp32_lanes * 2
+    bf16 = fp32 * 2 if m.native_bf16 and m.avx512 else fp32
+    how = (f"{m.cores} cores x {mhz / 1000:.2f} GHz x 2 FMA units x {m.fp32_lanes} fp32 lanes ({m.isa()}) x 2 flops = "
+           f"{fp32:.0f} GFLOP/s fp32; native bf16 x2 = {bf16:.0f}; amx: {'yes' if m.amx else 'no'}")
     return fp32, bf16, how
 
 

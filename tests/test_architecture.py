@@ -30,7 +30,8 @@ ALLOWED = {
     "serve": {GROUND, "data", "models", "inference"},
     "kaggle": {GROUND, "data", "models", "inference"},
     "reports": {GROUND, "data", "models", "training", "inference"},
-    "cli": {GROUND, "data", "models", "training", "inference", "serve", "reports", "kaggle"},
+    "planning": {GROUND, "data", "models", "training", "inference", "reports"},
+    "cli": {GROUND, "data", "models", "training", "inference", "serve", "reports", "kaggle", "planning"},
     "demo": {GROUND, "cli"},
 }
 MAX_MODULE_LINES = 450

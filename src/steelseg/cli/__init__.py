@@ -13,17 +13,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from steelseg.cli import data, kaggle, predict, pseudo, runs, serve, train
+from steelseg.cli import data, fit, kaggle, predict, pseudo, runs, serve, train
 from steelseg.errors import SteelsegError
 
 __all__ = ["build_parser", "main"]
 
 # the command families, in the order --help lists their commands; each registers its own sub-commands
-FAMILIES = (data, train, predict, pseudo, runs, serve, kaggle)
+FAMILIES = (data, fit, train, predict, pseudo, runs, serve, kaggle)
 
 EPILOG = """the usual path (each command has --help with more):
   steelseg synth data/synth --images 200          # a Severstal-format synthetic dataset
   steelseg info data/synth                        # what is in it
+  steelseg fit data/synth --out fits/synth --minutes 20   # plan, train folds, tune out of fold, bundle
   steelseg eda data/synth --out runs/eda          # HTML report with plots
   steelseg folds data/synth --k 5 --out data/synth/folds.csv
   steelseg train configs/tiny.yaml --data data/synth --name seg --set data.folds=data/synth/folds.csv

@@ -17,11 +17,12 @@ import numpy as np
 from steelseg.inference.postprocess import PostProcess
 from steelseg.metrics import dice_from_counts
 
-__all__ = ["AREA_FRACTIONS", "GATES", "SCALES", "THRESHOLDS", "TuneReport", "above_per_image", "detected_from_histograms",
+__all__ = ["AREA_FRACTIONS", "GATES", "OFF", "SCALES", "THRESHOLDS", "TuneReport", "above_per_image", "detected_from_histograms",
            "detected_images", "dice_grid", "image_thresholds", "tune_min_component", "tune_postprocess",
            "with_min_area"]
 
 THRESHOLDS = np.round(np.arange(0.20, 0.951, 0.05), 2)
+OFF = 1.0  # a pixel threshold no probability exceeds: the class is switched off (predicts nothing)
 # Minimum areas as a share of the image (Severstal 1600x256: 0 ... ~8000 pixels).
 AREA_FRACTIONS = np.array([0, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02])
 GATES = np.round(np.arange(0.0, 0.951, 0.05), 2)
@@ -119,6 +120,10 @@ class TuneReport:
         lines = [f"{'class':<14}{'dice before':>12}{'dice after':>12}{'threshold':>11}{'min area':>10}"
                  f"{'min comp':>10}{'gate':>7}"]
         for c, name in enumerate(class_names):
+            if pp.pixel_threshold[c] >= OFF:
+                lines.append(f"{name:<14}{self.before[c]:>12.4f}{self.after[c]:>12.4f}  off: predicting nothing "
+                             "scores better than any setting")
+                continue
             gate = "-" if pp.gate_threshold is None else f"{pp.gate_threshold[c]:.2f}"
             if pp.gate_scale is not None and pp.gate_scale[c] > 1:  # classifier-scaled threshold instead
                 gate = f"x{pp.gate_scale[c]:g}"
@@ -141,6 +146,8 @@ def tune_postprocess(hist_all: np.ndarray, hist_true: np.ndarray, image_pixels: 
     defective images of each class still get a mask; where none does, those of the highest recall.
     With a classifier (``gate``) and ``scaled``, each class also tries classifier-scaled thresholds
     (``t0 * (s - (s - 1) * p)``, s in :data:`SCALES`) instead of the hard gate and keeps the better.
+    A class whose best setting scores below predicting nothing for it is switched off (threshold
+    :data:`OFF`), unless ``min_recall`` asks for its defects to be found.
     """
     n, k, _ = hist_all.shape
     thresholds = np.union1d(thresholds, [0.5])
@@ -173,6 +180,9 @@ def tune_postprocess(hist_all: np.ndarray, hist_true: np.ndarray, image_pixels: 
                                            min_recall)
             if d > best + 1e-12:
                 best_t, best_a, best_g, best_s, best = t0, area, 0.0, sc, d
+        off = float((hist_true[:, c].sum(1) == 0).mean())  # predicting nothing for the class
+        if off > best + 1e-12 and (min_recall is None or not (hist_true[:, c].sum(1) > 0).any()):
+            best_t, best_a, best_g, best_s, best = OFF, 0, 0.0, 1.0, off  # the class is switched off
         chosen_t.append(best_t)
         chosen_a.append(best_a)
         chosen_g.append(best_g)

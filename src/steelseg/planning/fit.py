@@ -1,0 +1,162 @@
+"""``steelseg fit``: one command from a labelled folder to a tuned, honestly scored bundle.
+
+plan (fingerprint, machine probe, rules) -> train the folds (grouped when the data has groups, stratified
+otherwise; the dataset's own train / val lists when it has them) -> evaluate each fold on its validation
+images -> tune out of fold (each fold scored with the setting tuned on the others; one model: its
+validation images in two halves) -> choose the fold ensemble or the best single model -> bundle -> the run
+reports and a one-page summary (score beside all-empty, image AP, missed and false-alarm images, the plan
+and why).
+
+Everything lives in OUT; killed at any point, the same command continues: the plan is read back (never made
+anew, so the budget in steps stays what it was), finished folds are kept, a fold that was training resumes
+from its checkpoint, and the cheap last stages run again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steelseg.errors import ConfigError, DataError
+from steelseg.fsutil import atomic_json, check_writable_dir
+from steelseg.planning.plan import Plan, make_plan, read_plan, write_plan
+
+__all__ = ["FitOptions", "fit_folder"]
+
+MARKER = ".steelseg-fit"
+DONE = ".steelseg-fit-done"  # in a fold's run folder once its training ended
+
+
+@dataclass
+class FitOptions:
+    minutes: float | None = None
+    steps: int | None = None
+    folds: int | None = None
+    pins: dict[str, Any] = field(default_factory=dict)  # --set
+    class_names: list[str] | None = None
+    layout: str | None = None
+    ensemble: str = "auto"  # auto | yes | no
+    min_speed: float | None = None  # images/s the pipeline must reach (auto: the ensemble only if it does)
+    probe: bool = True
+    seed: int = 42
+
+
+def _claim(out: Path) -> bool:
+    """Create or take back OUT; True when a fit was already under way there."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: is a file; give a folder for the fit")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise DataError(f"{out}: exists and holds files a fit did not make; give a new folder (a fit in progress "
+                        f"there would hold {MARKER})")
+    resumed = (out / MARKER).is_file()
+    check_writable_dir(out)
+    (out / MARKER).write_text("made by steelseg fit; run the same command again to continue\n")
+    return resumed
+
+
+def _plan(out: Path, ds: Any, o: FitOptions, resumed: bool) -> Plan:
+    path = out / "plan.yaml"
+    if resumed and path.with_suffix(".json").is_file():
+        plan = read_plan(path)
+        asked = {"minutes": o.minutes, "steps": o.steps, "folds": o.folds}
+        if plan.data != str(Path(ds.root).resolve()):
+            raise ConfigError(f"{out}: holds a fit of {plan.data}, not {ds.root}; give another --out")
+        print(f"fit: continuing in {out} with its plan ({plan.folds} fold(s), {plan.steps} steps a model; "
+              f"asked now: {', '.join(f'{k} {v}' for k, v in asked.items() if v is not None)})", file=sys.stderr)
+        return plan
+    print("fit: planning (dataset fingerprint, machine probe, rules) ...", file=sys.stderr, flush=True)
+    plan = make_plan(ds, o.minutes, o.steps, o.folds, o.pins, probe=o.probe, progress=sys.stderr.isatty())
+    write_plan(plan, path)
+    print(f"fit: plan written to {path}", file=sys.stderr)
+    return plan
+
+
+def _folds_csv(out: Path, ds: Any, plan: Plan, seed: int) -> Path | None:
+    if plan.folds < 2:
+        return None
+    path = out / "folds.csv"
+    if not path.is_file():
+        from steelseg.data.folds import image_groups, make_folds, write_folds
+
+        write_folds(make_folds(ds, plan.folds, seed, image_groups(ds)), path)
+    return path
+
+
+def _fold_config(plan: Plan, out: Path, k: int, folds_csv: Path | None) -> Any:
+    from steelseg.training.config import load_config
+
+    sets = [f"name=fold{k}", f"out_dir={out / 'runs'}", f"train.seed={42 + k}"]
+    if folds_csv is not None:
+        sets += [f"data.folds={folds_csv}", f"data.fold={k}"]
+    return load_config(out / "plan.yaml", sets)
+
+
+def _train_folds(out: Path, plan: Plan, folds_csv: Path | None, progress: Any) -> list[Path]:
+    from steelseg.training.run import fit
+
+    runs = []
+    for k in range(plan.folds):
+        run = out / "runs" / f"fold{k}"
+        runs.append(run)
+        if (run / DONE).is_file():
+            progress.fold_done(k)
+            continue
+        ckpt = run / "checkpoints" / "last.ckpt"
+        progress.start_fold(k)
+        if ckpt.is_file():
+            from steelseg.training.config import load_config
+
+            print(f"fit: fold {k + 1}/{plan.folds}: resuming {run}", file=sys.stderr, flush=True)
+            fit(load_config(run / "config.yaml"), resume=run, progress=False, callbacks=[progress])
+        else:
+            print(f"fit: fold {k + 1}/{plan.folds}: training {run}", file=sys.stderr, flush=True)
+            fit(_fold_config(plan, out, k, folds_csv), progress=False, callbacks=[progress])
+        (run / DONE).write_text("trained\n")
+        progress.fold_done(k)
+    return runs
+
+
+def _evaluate(runs: list[Path], data: str, names: list[str]) -> list[dict[str, Any]]:
+    from steelseg.inference.evaluation import evaluate
+
+    out = []
+    for run in runs:
+        metrics = run / "eval-val" / "metrics.json"
+        if not metrics.is_file():
+            print(f"fit: evaluating {run.name} on its validation images ...", file=sys.stderr, flush=True)
+            evaluate([run], data, run / "eval-val", "val")
+        out.append(json.loads(metrics.read_text()))
+    return out
+
+
+def fit_folder(data: str | Path, out: str | Path, o: FitOptions) -> dict[str, Any]:
+    """Plan, train, evaluate, tune out of fold, choose and bundle; returns the summary's numbers."""
+    from steelseg.data.open import open_dataset
+    from steelseg.planning.progress import FitProgress
+    from steelseg.planning.summary import finish
+
+    out = Path(out).resolve()
+    ds = open_dataset(data, o.class_names, layout=o.layout)
+    t0 = time.time()
+    resumed = _claim(out)
+    plan = _plan(out, ds, o, resumed)
+    folds_csv = _folds_csv(out, ds, plan, o.seed)
+    progress = FitProgress(plan.folds, int(plan.get("train.epochs", 1)) * _steps_per_epoch(plan, ds))
+    runs = _train_folds(out, plan, folds_csv, progress)
+    evals = _evaluate(runs, plan.data, plan.class_names)
+    result = finish(out, plan, runs, evals, o, time.time() - t0)
+    atomic_json(out / "fit.json", result)
+    return result
+
+
+def _steps_per_epoch(plan: Plan, ds: Any) -> int:
+    k = plan.folds
+    if k == 1:
+        n = len(ds.splits["train"]) if "train" in ds.splits else int(len(ds.table) * 0.8)
+    else:
+        n = int(len(ds.table) * (k - 1) / k)
+    return max(1, n // int(plan.get("data.batch_size", 8)))
