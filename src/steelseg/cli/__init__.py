@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "tuned prediction pipelines and Kaggle submissions.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="let the libraries (Lightning, MLflow, ...) "
+                        "print what they print; by default it goes to log.txt in the folder being written")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for family in FAMILIES:
         family.register(sub)
@@ -59,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     debug = args.debug or os.environ.get("STEELSEG_DEBUG") == "1"
+    if not (args.verbose or os.environ.get("STEELSEG_VERBOSE") == "1"):
+        from steelseg import logs
+
+        logs.install()
     try:
         rc = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe is answered here, not at interpreter exit

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steelseg import logs
 from steelseg.errors import ConfigError, DataError
 from steelseg.fsutil import atomic_json, check_writable_dir
 from steelseg.planning.plan import Plan, make_plan, read_plan, write_plan
@@ -136,13 +137,19 @@ def _evaluate(runs: list[Path], data: str, names: list[str]) -> list[dict[str, A
 def fit_folder(data: str | Path, out: str | Path, o: FitOptions) -> dict[str, Any]:
     """Plan, train, evaluate, tune out of fold, choose and bundle; returns the summary's numbers."""
     from steelseg.data.open import open_dataset
-    from steelseg.planning.progress import FitProgress
-    from steelseg.planning.summary import finish
 
     out = Path(out).resolve()
     ds = open_dataset(data, o.class_names, layout=o.layout)
     t0 = time.time()
     resumed = _claim(out)
+    with logs.log_to(out / "log.txt"):  # the libraries' chatter outside the folds' own run folders
+        return _fit(out, ds, o, resumed, t0)
+
+
+def _fit(out: Path, ds: Any, o: FitOptions, resumed: bool, t0: float) -> dict[str, Any]:
+    from steelseg.planning.progress import FitProgress
+    from steelseg.planning.summary import finish
+
     plan = _plan(out, ds, o, resumed)
     folds_csv = _folds_csv(out, ds, plan, o.seed)
     progress = FitProgress(plan.folds, int(plan.get("train.epochs", 1)) * _steps_per_epoch(plan, ds))

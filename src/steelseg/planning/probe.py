@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steelseg.errors import SteelsegError
 from steelseg.machine import machine_facts
 
 __all__ = ["Probe", "cache_path", "gpu_facts"]
@@ -120,5 +121,5 @@ def _save(store: dict[str, float]) -> None:
 
     try:
         atomic_json(cache_path(), store)
-    except (OSError, ValueError):  # a read-only home: the probe works, it is only not remembered
+    except (OSError, ValueError, SteelsegError):  # a read-only home: the probe works, it is only not remembered
         pass

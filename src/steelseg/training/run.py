@@ -15,9 +15,11 @@ Every run writes a folder::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from steelseg import __version__
+from steelseg import __version__, logs
 from steelseg.data.table import DefectDataset
 from steelseg.errors import ConfigError, DataError, TrainingStopped
 from steelseg.fsutil import atomic_json
@@ -279,9 +281,38 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: Path, resume: str | Path | None,
     module = SteelsegModule(cfg, ds.class_names)
     progress = sys.stderr.isatty() if progress is None else progress
     callbacks = _callbacks(cfg, run_dir, meta, progress, extra)
-    loggers = make_loggers(cfg, run_dir, bool(resume))
-    trainer = _trainer(cfg, run_dir, callbacks, loggers, progress, len(train_loader))
-    meta.trained_on["device"] = device_name(trainer)  # the last machine to train it, when resumed elsewhere
+    with _library_log(run_dir, cfg.track.mlflow):
+        loggers = make_loggers(cfg, run_dir, bool(resume))
+        if logs.active():
+            logs.install()  # again: MLflow installs console handlers of its own when it is first imported
+        trainer = _trainer(cfg, run_dir, callbacks, loggers, progress, len(train_loader))
+        meta.trained_on["device"] = device_name(trainer)  # the last machine to train it, when resumed elsewhere
+        _run_trainer(cfg, run_dir, trainer, module, train_loader, val_loader, ckpt, resume, loggers)
+    recorder: RunRecorder = callbacks[0]
+    if cfg.train.average_best >= 2:
+        from steelseg.training.averaging import average_best
+
+        average_best(trainer, module, recorder, val_loader, cfg.train.average_best)
+    if trainer.is_global_zero:
+        log_artifacts(loggers, run_dir)
+    return RunResult(run_dir, recorder.best, recorder.best_epoch, recorder.monitor)
+
+
+@contextlib.contextmanager
+def _library_log(run_dir: Path, mlflow: bool) -> Iterator[None]:
+    """The libraries' chatter (Lightning, MLflow) into RUN/log.txt, unless ``steelseg -v``."""
+    if not logs.active():
+        yield
+        return
+    if mlflow:  # MLflow installs console handlers of its own when it is first imported: import it first
+        import mlflow as _  # noqa: F401
+    logs.install()
+    with logs.log_to(run_dir / "log.txt"):
+        yield
+
+
+def _run_trainer(cfg: RunConfig, run_dir: Path, trainer: L.Trainer, module: SteelsegModule, train_loader: Any,
+                 val_loader: Any, ckpt: Path, resume: str | Path | None, loggers: list[Any]) -> None:
     _warn_emulated_bf16(trainer, _precision(cfg))
     if loggers and trainer.is_global_zero:
         record_run(loggers, cfg, run_dir)
@@ -293,14 +324,6 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: Path, resume: str | Path | None,
                               f"{trainer.global_step}; {run_dir} keeps its last checkpoint (saved every "
                               f"{cfg.train.checkpoint_every} steps and at each epoch end): resume with "
                               f"`steelseg train --resume {run_dir}`") from None
-    recorder: RunRecorder = callbacks[0]
-    if cfg.train.average_best >= 2:
-        from steelseg.training.averaging import average_best
-
-        average_best(trainer, module, recorder, val_loader, cfg.train.average_best)
-    if trainer.is_global_zero:
-        log_artifacts(loggers, run_dir)
-    return RunResult(run_dir, recorder.best, recorder.best_epoch, recorder.monitor)
 
 
 def _check_resume_state(ckpt: Path) -> None:
