@@ -21,7 +21,11 @@ from typing import IO, Any
 
 from steelseg.errors import DataError
 
-__all__ = ["atomic_json", "atomic_text", "atomic_write", "check_writable_dir", "refuse_existing", "staged_dir"]
+__all__ = ["MARKER", "TMP_TAG", "atomic_json", "atomic_text", "atomic_write", "check_writable_dir", "clean_stale",
+           "guard_output", "refuse_existing", "staged_dir"]
+
+TMP_TAG = ".steelseg-"  # in the name of every temporary file or folder steelseg makes: only those are cleaned up
+MARKER = ".steelseg-output"  # in every folder staged_dir makes: only such folders are replaced
 
 
 @contextlib.contextmanager
@@ -29,7 +33,7 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kw: Any) -> Iterator[
     """Open a temporary file beside ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     check_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         with open(tmp, mode, **open_kw) as fh:
@@ -76,27 +80,62 @@ def refuse_existing(target: str | Path, overwrite: bool, what: str = "folder") -
         raise DataError(f"{target}: already exists; pass --overwrite to replace the {what}, or choose another path")
 
 
+def _within(inner: str, outer: str) -> bool:
+    return inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def guard_output(out: str | Path, inputs: list[tuple[str | Path, bool]], what: str = "output") -> None:
+    """Refuse an output path that is one of the command's inputs, holds one, or (unless the input's flag
+    says outputs may live inside it, as a run's eval-val/ and report/ do) lies inside one, links followed.
+    Every command with ``--out`` goes through it (``steelseg.cli`` declares each command's inputs)."""
+    o = os.path.realpath(out)
+    for path, inside_ok in inputs:
+        r = os.path.realpath(path)
+        if o == r:
+            raise DataError(f"{out}: is the command's own input ({path}); write the {what} to another folder")
+        if _within(r, o):
+            raise DataError(f"{out}: holds the command's input {path}; writing the {what} there could replace it: "
+                            "choose a folder outside it")
+        if not inside_ok and _within(o, r):
+            raise DataError(f"{out}: lies inside the command's input {path}; the {what} would mix with what it "
+                            "reads: choose a folder outside it")
+
+
+def _made_by_steelseg(target: Path, signatures: tuple[str, ...]) -> bool:
+    return (target / MARKER).is_file() or any((target / s).is_file() for s in signatures)
+
+
 @contextlib.contextmanager
-def staged_dir(target: str | Path, overwrite: bool = False, what: str = "folder") -> Iterator[Path]:
+def staged_dir(target: str | Path, overwrite: bool = False, what: str = "folder",
+               signatures: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; when the block succeeds it becomes ``target``.
 
-    An existing ``target`` is refused unless ``overwrite``; then it is replaced only after the new
-    one is complete (the old one is moved aside first and removed last, so it survives a failure).
+    An existing ``target`` is refused unless ``overwrite``, and even then unless steelseg made it (its
+    :data:`MARKER`, or one of the ``signatures`` files of folders made before the marker existed): a folder of
+    a person's files is never replaced. It is replaced only after the new one is complete (the old one is
+    moved aside first and removed last, so it survives a failure); a link at ``target`` is replaced as a link.
     """
     target = Path(target)
     refuse_existing(target, overwrite, what)
     if target.exists() and not target.is_dir():
         raise DataError(f"{target}: is a file, not a {what} folder")
+    if target.is_dir() and any(target.iterdir()) and not _made_by_steelseg(target, signatures):
+        raise DataError(f"{target}: holds files steelseg did not make (no {MARKER} in it); it is not replaced: "
+                        f"move them away or choose another path for the {what}")
     check_writable_dir(target.parent)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_TAG}", suffix=".partial", dir=target.parent))
     try:
+        (stage / MARKER).write_text(f"made by steelseg ({what}); steelseg replaces this folder only when it holds "
+                                    "this file\n")
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    if target.is_symlink():  # replace the link itself, never the folder it points to
+        os.unlink(target)
+    elif target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_TAG}", suffix=".old", dir=target.parent))
         os.rmdir(old)
         os.replace(target, old)
     try:
@@ -109,6 +148,17 @@ def staged_dir(target: str | Path, overwrite: bool = False, what: str = "folder"
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     os.chmod(target, 0o755 & ~_umask())
+
+
+def clean_stale(folder: Path, names: tuple[str, ...]) -> None:
+    """Remove what a killed earlier steelseg run left in ``folder`` for ``names``: only steelseg's own temporary
+    files and folders (their names carry :data:`TMP_TAG`), never a person's files that merely look alike."""
+    for name in names:
+        for p in folder.glob(f".{name}{TMP_TAG}*"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _umask() -> int:

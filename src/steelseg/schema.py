@@ -307,6 +307,26 @@ class InputMeta:
             raise ValueError(str(exc)) from None
 
 
+CLASS_NAME_FORBIDDEN = set('<>&"\'`')  # markup; control characters are refused too
+
+
+def check_class_names(names: list[str]) -> None:
+    """Class names travel into pages, CSV files and file names: refuse markup and control characters (a
+    name such as ``<img src=x onerror=...>`` would otherwise reach the review page), empty names and
+    duplicates, with what to do."""
+    if not names:
+        raise ValueError("class_names: empty")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"class_names: {name!r} is not a name; give each class a non-empty name")
+        bad = sorted({ch for ch in name if ch in CLASS_NAME_FORBIDDEN or ord(ch) < 32 or 127 <= ord(ch) < 160})
+        if bad:
+            raise ValueError(f"class_names: {name!r} holds markup or control characters ({' '.join(map(repr, bad))}); "
+                             "rename the class (letters, digits, spaces, - _ . are safe)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names: {names} names a class twice")
+
+
 @dataclass
 class ModelMeta:
     """model.json: everything needed to rebuild and run a model, and where it came from."""
@@ -327,8 +347,7 @@ class ModelMeta:
     def __post_init__(self) -> None:
         if self.format != MODEL_FORMAT:
             raise ValueError(f"format: {self.format!r}; this steelseg reads {MODEL_FORMAT}")
-        if not self.class_names:
-            raise ValueError("class_names: empty")
+        check_class_names(self.class_names)
         if self.activation != "sigmoid":
             raise ValueError(f"activation: {self.activation!r}; only sigmoid outputs are supported")
         if self.input.channels != self.model.in_channels:
@@ -379,8 +398,7 @@ class BundleInfo:
             raise ValueError(f"kind: {self.kind!r} is not one of {', '.join(BUNDLE_KINDS)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
-        if not self.class_names:
-            raise ValueError("class_names: empty")
+        check_class_names(self.class_names)
         if self.segmenters < 0 or self.classifiers < 0:
             raise ValueError("segmenters / classifiers: counts must be >= 0")
         if self.tile is not None and not 64 <= self.tile <= 16384:

@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logs.install()
     try:
+        _guard_output(args)
         rc = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe is answered here, not at interpreter exit
         return rc
@@ -91,6 +92,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unexpected {type(exc).__name__}: {exc}\n(rerun with --debug for the traceback "
               "and report it)", file=sys.stderr)
         return 1
+
+
+def _guard_output(args: argparse.Namespace) -> None:
+    """Every command with an output path declares what it reads (``reads``: argument -> whether outputs may live
+    inside it); the one guard (:func:`steelseg.fsutil.guard_output`) refuses an output that is, holds or lies in
+    an input, before any work. ``tests/test_reliability_round4.py`` walks the parser so no command skips it."""
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    reads = getattr(args, "reads", None)
+    if reads is None:  # a command added without declaring its inputs: refused, not guessed
+        raise SteelsegError(f"steelseg {args.command}: declares no inputs for its --out (a steelseg bug)")
+    from steelseg.fsutil import guard_output
+
+    inputs = []
+    for dest, inside_ok in reads.items():
+        value = getattr(args, dest, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v:
+                inputs.append((v, inside_ok))
+    guard_output(out, inputs, f"{args.command} output")
 
 
 def _quiet_stdout() -> None:

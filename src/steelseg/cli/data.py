@@ -125,7 +125,7 @@ def register(sub: Any) -> None:
     p.add_argument("--height", type=int, default=256, help="image height (default 256)")
     p.add_argument("--width", type=int, default=1600, help="image width (default 1600)")
     p.add_argument("--defect-free", type=float, default=0.45, help="share of defect-free images (default 0.45)")
-    p.set_defaults(func=cmd_synth)
+    p.set_defaults(func=cmd_synth, reads={})
 
     p = sub.add_parser("info", help="print a dataset summary table",
                        description="Print images, defect-free share, per-class image counts and pixel "
@@ -143,7 +143,7 @@ def register(sub: Any) -> None:
     p.add_argument("--to", default="kaggle", choices=["kaggle", "masks", "coco"], help="target layout (default kaggle)")
     p.add_argument("out", type=Path, help="output folder (built beside, swapped in when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=cmd_convert)
+    p.set_defaults(func=cmd_convert, reads={"data": False})
 
     p = sub.add_parser("folds", help="write stratified multi-label K-fold assignments (grouped where images come in "
                        "groups)", description="Assign each image a fold, stratified on per-class presence with "
@@ -155,7 +155,7 @@ def register(sub: Any) -> None:
                    "first folder of each image id; none = no groups (default: the layout's groups, if any)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default DATA/folds.csv)")
-    p.set_defaults(func=cmd_folds)
+    p.set_defaults(func=cmd_folds, reads={"data": True})  # DATA/folds.csv: beside the labels, never over them
 
     p = sub.add_parser("eda", help="write an HTML report with plots about a dataset",
                        description="Counts, class co-occurrence, mask areas and connected components, "
@@ -165,4 +165,4 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=None, help="report folder (default runs/eda-<dataset>)")
     p.add_argument("--sample", type=int, default=None, help="look at a random subset of N images")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample and the gallery")
-    p.set_defaults(func=cmd_eda)
+    p.set_defaults(func=cmd_eda, reads={"data": False})

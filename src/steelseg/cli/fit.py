@@ -85,7 +85,7 @@ def register(sub: Any) -> None:
 
     p.add_argument("--out", type=Path, default=None, help="write the plan here (plan.yaml, and plan.json beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plan file")
-    p.set_defaults(func=cmd_plan)
+    p.set_defaults(func=cmd_plan, reads={"data": True})
 
     p = sub.add_parser("fit", help="one command: plan, train the folds, tune out of fold, bundle, summary",
                        description="From a labelled folder to a tuned bundle: plan from the data and the machine, "
@@ -102,4 +102,4 @@ def register(sub: Any) -> None:
                         "below --min-speed (auto)")
     p.add_argument("--min-speed", type=float, default=None, metavar="IMG_PER_S",
                    help="auto: the images/s the pipeline must reach on this machine")
-    p.set_defaults(func=cmd_fit)
+    p.set_defaults(func=cmd_fit, reads={"data": False})

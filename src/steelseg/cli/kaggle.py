@@ -81,4 +81,4 @@ def register(sub: Any) -> None:
     p.add_argument("--input", type=Path, default=None, help="with --rehearse: folder with test_images/ and "
                    "sample_submission.csv")
     p.add_argument("--timeout", type=int, default=3600, help="with --rehearse: seconds a notebook cell may take")
-    p.set_defaults(func=cmd_kaggle)
+    p.set_defaults(func=cmd_kaggle, reads={"bundle": False, "rehearse": False, "input": False, "find_links": False})

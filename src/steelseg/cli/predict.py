@@ -211,7 +211,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     res = predict_folder(args.bundle, args.images, args.out, args.overlays, args.labels, tta,
                          device(args.device), progress=sys.stderr.isatty(), backend=args.backend,
                          threads=args.threads, recursive=args.recursive, tile=args.tile, overlap=args.overlap,
-                         prefetch={"on": True, "off": False}.get(args.prefetch))
+                         prefetch={"on": True, "off": False}.get(args.prefetch), on_error=args.on_error)
     if res["skipped_files"]:
         print(f"skipped {len(res['skipped_files'])} file(s) or folder(s) that are not images "
               f"(all listed in predict.json): {', '.join(res['skipped_files'][:20])}"
@@ -219,6 +219,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"wrote {res['submission']} ({res['images']} images x {len(res['class_names'])} classes)")
     if "dice" in res:
         print(f"kaggle dice against --labels: {res['dice']:.4f}")
+    if res["skipped_images"]:
+        for s in res["skipped_images"][:20]:
+            print(f"skipped {s['image']}: {s['reason']}", file=sys.stderr)
+        print(f"warning: {len(res['skipped_images'])} image(s) could not be read and were skipped (all in "
+              f"{Path(res['submission']).parent / 'skipped.csv'}): submission.csv is INCOMPLETE, it has no rows for "
+              "them (a Kaggle submission would be refused or scored as empty)", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -318,7 +325,7 @@ def register(sub: Any) -> None:
     p.add_argument("--bundle", default=None, help="evaluate a bundle (with its post-processing) instead")
     add_backend_args(p)
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/eval-SPLIT)")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, reads={"runs": True, "bundle": True, "classifier": True, "data": False})
 
     p = sub.add_parser("tune", help="tune thresholds / minimum areas / gates and write a bundle",
                        description="Search per-class pixel thresholds, minimum mask areas and classifier "
@@ -332,7 +339,7 @@ def register(sub: Any) -> None:
                         "second look)")
     _add_no_scaled(p)
     _add_bundle_out_args(p)
-    p.set_defaults(func=cmd_tune)
+    p.set_defaults(func=cmd_tune, reads={"runs": True, "classifier": True, "data": False})
 
     _register_cv_tune(sub)
 
@@ -345,7 +352,7 @@ def register(sub: Any) -> None:
     p.add_argument("--class-names", default=None, help="class names for --empty")
     p.add_argument("--tta", action="store_true", help="use flip TTA when predicting")
     _add_bundle_out_args(p)
-    p.set_defaults(func=cmd_bundle)
+    p.set_defaults(func=cmd_bundle, reads={"runs": True, "classifier": True})
 
     p = sub.add_parser("predict", help="predict a folder of images to submission.csv (+ overlays)",
                        description="Run a bundle over every image in IMAGES and write OUT/submission.csv "
@@ -358,13 +365,16 @@ def register(sub: Any) -> None:
     p.add_argument("--tta", action="store_true", help="force flip TTA on")
     p.add_argument("--no-tta", action="store_true", help="force flip TTA off")
     p.add_argument("--device", default="auto", help="cpu, cuda, auto")
+    p.add_argument("--on-error", default="stop", choices=["stop", "skip"],
+                   help="an unreadable image (truncated, empty, too large): stop with its name and write nothing "
+                        "(default), or skip it, list it in OUT/skipped.csv and exit with status 3")
     p.add_argument("--recursive", action="store_true",
                    help="read subfolders too (ImageId is then the path under IMAGES, e.g. line2/a.jpg)")
     p.add_argument("--prefetch", default="auto", choices=["auto", "on", "off"], help="decode the next images in a "
                    "thread while the model runs (auto: on with more than 2 cores; bench/predict_stream.py measures it)")
     add_tile_args(p, "default: the bundle's setting, else whole images")
     add_backend_args(p)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, reads={"bundle": False, "images": False, "labels": False})
 
     _register_export(sub)
 
@@ -399,4 +409,4 @@ def _register_export(sub: Any) -> None:
     p.add_argument("--max-dice-drop", type=float, default=0.005, help="largest Dice drop int8 / bf16 may cost (default 0.005)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime / OpenVINO threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bundle")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, reads={"bundle": False, "data": False})

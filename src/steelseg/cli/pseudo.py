@@ -56,4 +56,4 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     add_backend_args(p)
-    p.set_defaults(func=cmd_pseudo_label)
+    p.set_defaults(func=cmd_pseudo_label, reads={"bundle": False, "images": False})

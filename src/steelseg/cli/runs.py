@@ -63,7 +63,7 @@ def register(sub: Any) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/report)")
     p.add_argument("--worst", type=int, default=6, help="how many worst validation images to show (default 6)")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_report, reads={"run": True})  # RUN/report: a run holds its own report
 
     p = sub.add_parser("runs", help="table of training runs (sort, filter, CSV / Markdown), or compare two",
                        description="One row per run folder under ROOT, read from the files each run wrote "

@@ -77,9 +77,22 @@ def make_folds(dataset: DefectDataset, k: int = 5, seed: int = 42, groups: list[
 
 
 def write_folds(folds: pd.DataFrame, path: str | Path) -> Path:
+    """Write a folds CSV atomically. An existing file is replaced only when it is a folds file itself (its header
+    ``image_id,fold``): a dataset's labels (``train.csv``, a COCO JSON, a split list) are never a target."""
+    from steelseg.fsutil import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folds.to_csv(path, index=False)
+    if path.exists():
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                head = fh.readline().strip()
+        except OSError:
+            head = ""
+        if not head.startswith("image_id,fold") or path.is_dir():
+            raise DataError(f"{path}: exists and is not a folds file (its first line is {head[:60]!r}); steelseg "
+                            "never writes over a dataset's own files: give --out another path")
+    with atomic_write(path, "w", newline="") as fh:
+        folds.to_csv(fh, index=False)
     return path
 
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from steelseg.errors import DataError
-from steelseg.models.checkpoint import read_model_json
+from steelseg.models.checkpoint import model_file, read_model_json
 from steelseg.inference.padding import STRIDE, check_inner_pad, pad_to_stride
 from steelseg.schema import ModelMeta
 
@@ -94,6 +94,7 @@ class OnnxRunner:
         path = folder / str(info.get("file", ONNX_FILE))
         if not path.is_file():
             raise DataError(f"{path}: missing (model.json names it as the model's weights)")
+        model_file(folder, path.name)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)

@@ -20,7 +20,7 @@ from steelseg.fsutil import atomic_json, staged_dir
 from steelseg.inference import postprocess
 from steelseg.inference.backends import ONNX_FILE, model_format
 from steelseg.inference.openvino import IR_FILE
-from steelseg.models.checkpoint import read_model_json
+from steelseg.models.checkpoint import model_file, read_model_json
 from steelseg.schema import BundleInfo, ModelMeta, build, load_json, to_dict
 
 __all__ = ["BUNDLE_JSON", "bundle_backend", "bundle_model_dirs", "read_bundle", "resolve_model_dir", "write_bundle"]
@@ -66,18 +66,18 @@ def _copy_model(src: Path, dst: Path, meta: ModelMeta) -> list[str]:
     """Copy a model folder's model.json (read as ``meta``) and weights (safetensors or ONNX); returns
     its class names."""
     dst.mkdir(parents=True)
-    shutil.copyfile(src / "model.json", dst / "model.json")
     fmt = model_format(src, meta)
+    names = ["model.json"]
     if fmt in ("onnx", "openvino"):
         name = str((meta.weights or {}).get("file", ONNX_FILE if fmt == "onnx" else IR_FILE))
-        shutil.copyfile(src / name, dst / name)
-        if fmt == "openvino":  # the IR's weights beside its graph
-            shutil.copyfile((src / name).with_suffix(".bin"), (dst / name).with_suffix(".bin"))
+        names += [name] + ([str(Path(name).with_suffix(".bin"))] if fmt == "openvino" else [])  # the IR's weights
     else:
-        shutil.copyfile(src / "best.safetensors", dst / "best.safetensors")
-    for split in (src / "split.json", src.parent / "split.json"):  # which images trained it (export calibrates on them)
-        if split.is_file():
-            shutil.copyfile(split, dst / "split.json")
+        names.append("best.safetensors")
+    for name in names:  # each file confined to its folder, links followed, before a byte is copied
+        shutil.copyfile(model_file(src, name), dst / name)
+    for folder in (src, src.parent):  # which images trained it (export calibrates on them)
+        if (folder / "split.json").is_file():
+            shutil.copyfile(model_file(folder, "split.json"), dst / "split.json")
             break
     return meta.class_names
 
@@ -97,7 +97,7 @@ def write_bundle(out: str | Path, segmenters: Sequence[str | Path], classifiers:
     names = list(class_names) if class_names else None
     metas = {d: read_model_json(d) for d in dirs["segmenters"] + dirs["classifiers"]}  # each parsed once
     backend = bundle_backend(metas) if segmenters else "torch"
-    with staged_dir(out, overwrite, "bundle") as stage:
+    with staged_dir(out, overwrite, "bundle", signatures=("bundle.json",)) as stage:
         for sub, folders in dirs.items():
             for i, src in enumerate(folders):
                 model_names = _copy_model(src, stage / sub / str(i), metas[src])

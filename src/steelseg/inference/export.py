@@ -269,7 +269,7 @@ def export_bundle(bundle: str | Path, out: str | Path, samples: Sequence[np.ndar
     torch_pred = Predictor.from_bundle(bundle, backend="torch")
     samples = _sample_images(samples)
     report = ExportReport(out, quantize=quantize)
-    with staged_dir(out, overwrite, "bundle") as stage:
+    with staged_dir(out, overwrite, "bundle", signatures=("bundle.json",)) as stage:
         for sub in ("segmenters", "classifiers"):
             runners = torch_pred.segmenters if sub == "segmenters" else torch_pred.classifiers
             for i, runner in enumerate(runners):

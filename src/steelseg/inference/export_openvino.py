@@ -85,7 +85,7 @@ def export_openvino(bundle: str | Path, out: str | Path, samples: Sequence[np.nd
     with tempfile.TemporaryDirectory(prefix=".ov-export-", dir=out.parent if out.parent.exists() else None) as tmp:
         onnx_dir = Path(tmp) / "onnx"
         onnx_rep = export_bundle(bundle, onnx_dir, samples, opset=opset, threads=threads)  # PyTorch -> ONNX, checked
-        with staged_dir(out, overwrite, "bundle") as stage:
+        with staged_dir(out, overwrite, "bundle", signatures=("bundle.json",)) as stage:
             shutil.copytree(onnx_dir, stage, dirs_exist_ok=True)
             for model_json in sorted(stage.glob("*/*/model.json")):
                 _to_ir(model_json.parent)

@@ -34,6 +34,7 @@ import numpy as np
 
 from steelseg.errors import DataError
 from steelseg.inference.padding import STRIDE, check_inner_pad, pad_to_stride
+from steelseg.models.checkpoint import model_file
 from steelseg.schema import ModelMeta
 
 __all__ = ["IR_FILE", "PRECISIONS", "OpenVinoRunner", "auto_streams", "compile_config", "fp32_layers",
@@ -50,6 +51,14 @@ def openvino_module() -> Any:
     except ImportError as exc:  # pragma: no cover - the openvino extra is missing
         raise DataError(f"OpenVINO models need openvino: pip install 'steelseg[openvino]' ({exc})") from None
     return ov
+
+
+def ov_detail(exc: BaseException) -> str:
+    """What OpenVINO says went wrong, without its first line (``Exception from src/inference/src/cpp/core.cpp:84:``,
+    the place in its C++ sources) and its check locations."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith(("Exception from", "Check '")) and not ln.endswith(".cpp:")]
+    return "; ".join(said[:3])[:400] or (lines[0][:300] if lines else type(exc).__name__)
 
 
 def ov_core() -> Any:
@@ -91,14 +100,15 @@ class OpenVinoRunner:
         if not path.is_file() or not path.with_suffix(".bin").is_file():
             raise DataError(f"{path}: missing, or its weights {path.with_suffix('.bin').name} are (model.json names "
                             "it as the model's weights)")
+        model_file(folder, path.name), model_file(folder, path.with_suffix(".bin").name)
         self.streams = max(1, int(streams)) if streams else auto_streams(threads)
         core = ov_core()
         try:
             model = core.read_model(str(path))
             self.compiled = core.compile_model(model, "CPU", compile_config(self.precision, threads, self.streams))
         except Exception as exc:  # OpenVINO raises RuntimeError with a long trace
-            raise DataError(f"{path}: not a loadable OpenVINO model ({type(exc).__name__}: "
-                            f"{str(exc).strip().splitlines()[0][:300]}); was it truncated or overwritten?") from None
+            raise DataError(f"{path}: not a loadable OpenVINO model ({type(exc).__name__}: {ov_detail(exc)}); was it "
+                            "truncated or overwritten?") from None
         self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
         self.segment = meta.model.task == "segment"
         self.pad = self.segment and info.get("stride", STRIDE) is not None

@@ -4,7 +4,7 @@ atomically), optional overlays (swapped in as one folder) and, against labels, K
 from __future__ import annotations
 
 import contextlib
-import shutil
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from steelseg import metrics, viz
 from steelseg.data.images import IMAGE_EXTS, image_size, list_images, read_image
 from steelseg.data.open import open_dataset
 from steelseg.errors import DataError
-from steelseg.fsutil import atomic_json, check_writable_dir, staged_dir
+from steelseg.fsutil import atomic_json, atomic_write, check_writable_dir, clean_stale, staged_dir
 from steelseg.inference.predictor import Predictor
 from steelseg.inference.submission import SubmissionWriter
 
@@ -23,12 +23,10 @@ __all__ = ["predict_folder"]
 
 
 def _clean_stale(out: Path) -> None:
-    """Remove what a killed earlier run left: a partial submission and half-written overlay folders."""
+    """Remove what a killed earlier run left: a partial submission, half-written overlay folders and temporary
+    files, all by steelseg's own names (:func:`steelseg.fsutil.clean_stale`)."""
     (out / "submission.csv.partial").unlink(missing_ok=True)
-    for p in out.glob(".overlays.*"):
-        shutil.rmtree(p, ignore_errors=True)
-    for p in out.glob(".*.tmp"):
-        p.unlink(missing_ok=True)
+    clean_stale(out, ("submission.csv", "predict.json", "overlays", "skipped.csv"))
 
 
 def _image_ids(images: Sequence[Path], root: Path) -> list[str]:
@@ -50,12 +48,17 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
                    labels: str | Path | None = None, tta: bool | None = None, device: str = "cpu",
                    progress: bool = False, min_size: int = 16, backend: str | None = None,
                    threads: int | None = None, recursive: bool = False, tile: int | None = None,
-                   overlap: int | None = None, prefetch: bool | None = None) -> dict[str, Any]:
+                   overlap: int | None = None, prefetch: bool | None = None, on_error: str = "stop") -> dict[str, Any]:
     """Write ``out/submission.csv`` (and overlays) for every image in ``images_dir``.
 
     Files that are not images, and subfolders unless ``recursive``, are listed as skipped. Overlays
     of a run are written to a folder of their own and replace ``out/overlays`` as one at the end.
+    ``on_error``: ``stop`` (default: an unreadable image ends the run with its name, and nothing is written, so a
+    partial submission cannot pass for a whole one) or ``skip`` (each unreadable image, truncated, empty or too
+    large, is left out and listed with its reason in ``out/skipped.csv`` and predict.json, ``complete: false``).
     """
+    if on_error not in ("stop", "skip"):
+        raise DataError(f"--on-error {on_error!r}: stop or skip")
     predictor = Predictor.from_bundle(bundle, device=device, tta=tta, backend=backend, threads=threads, tile=tile,
                                       overlap=overlap)
     images_dir = Path(images_dir)
@@ -63,11 +66,19 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
     if not images:
         raise DataError(f"{images_dir}: no images (looked for {', '.join(IMAGE_EXTS)}"
                         f"{'' if recursive else ' directly inside it; --recursive reads subfolders'})")
-    ids = _image_ids(images, images_dir)
+    bad: dict[Path, str] = {}
     for p in images:  # refuse what no model can take, or what would not fit in memory, before any work
-        h, w = image_size(p)
-        if h < min_size or w < min_size:
-            raise DataError(f"{p}: image is {w}x{h}; the model needs at least {min_size}x{min_size} pixels")
+        try:
+            h, w = image_size(p)
+            if h < min_size or w < min_size:
+                raise DataError(f"{p}: image is {w}x{h}; the model needs at least {min_size}x{min_size} pixels")
+        except DataError as exc:
+            if on_error == "stop":
+                raise
+            bad[p] = str(exc)
+    images = [p for p in images if p not in bad]
+    ids = _image_ids(images, images_dir)
+    id_of = dict(zip(images, ids))
     out = check_writable_dir(out)
     _clean_stale(out)
     truth = open_dataset(labels, predictor.class_names) if labels else None
@@ -77,8 +88,10 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
     with contextlib.ExitStack() as stack:
         sub = stack.enter_context(SubmissionWriter(out / "submission.csv", class_ids))
         pics = stack.enter_context(staged_dir(out / "overlays", True, "overlays")) if overlays else None
-        stream = predictor.predict_paths(images, progress=progress, prefetch=prefetch)
-        for image_id, (path, pred) in zip(ids, stream):
+        stream = predictor.predict_paths(images, progress=progress, prefetch=prefetch,
+                                         on_error=None if on_error == "stop" else lambda p, e: bad.__setitem__(p, str(e)))
+        for path, pred in stream:
+            image_id = id_of[path]
             sub.add(image_id, pred.masks)
             true = None
             if truth is not None and image_id in labelled:
@@ -90,7 +103,14 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
                 acc.update(pred.masks[None], true[None])
             if pics is not None:
                 _write_overlay(pics, image_id, path, pred.masks, true)
-    summary: dict[str, Any] = {"images": len(images), "skipped_files": _image_ids(others, images_dir),
+    skipped = [{"image": p.relative_to(images_dir).as_posix(), "reason": r} for p, r in bad.items()]
+    if skipped:
+        with atomic_write(out / "skipped.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["image", "reason"])
+            w.writeheader()
+            w.writerows(skipped)
+    summary: dict[str, Any] = {"images": len(images) - len(set(bad) & set(images)), "skipped_files": _image_ids(others, images_dir),
+                               "skipped_images": skipped, "complete": not skipped,
                                "submission": str(out / "submission.csv"), "class_names": predictor.class_names,
                                "backend": predictor.backend}
     if acc._pairs:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,8 +238,8 @@ class Predictor:
         return [self._finish(probs[i], None if gate is None else gate[i],
                              None if gate_any is None else float(gate_any[i]), not run_seg[i]) for i in range(n)]
 
-    def predict_paths(self, paths: Iterable[str | Path], progress: bool = False,
-                      prefetch: bool | None = None) -> Iterable[tuple[Path, Prediction]]:
+    def predict_paths(self, paths: Iterable[str | Path], progress: bool = False, prefetch: bool | None = None,
+                      on_error: Callable[[Path, Exception], None] | None = None) -> Iterable[tuple[Path, Prediction]]:
         """Yield (path, prediction) for image files, reading them in batches as stored (gray or
         colour); each model's input is then made by :func:`steelseg.data.images.to_input`.
 
@@ -254,8 +254,9 @@ class Predictor:
             prefetch = (os.cpu_count() or 1) > 2
         meter = _Progress(len(paths), progress)
         try:
-            for chunk, images in _decoded(chunks, prefetch):
-                yield from zip(chunk, self.predict(images))
+            for chunk, images in _decoded(chunks, prefetch, on_error):
+                if images:
+                    yield from zip(chunk, self.predict(images))
                 meter.update(len(chunk))
         finally:
             meter.close()
@@ -275,24 +276,35 @@ class Predictor:
         return self.batch_for((h, w))
 
 
-def _decoded(chunks: list[list[Path]], prefetch: bool) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
-    """(chunk, its images) in order; with ``prefetch`` the next chunk is decoded while this one is used."""
-    def read(chunk: list[Path]) -> list[np.ndarray]:
-        return [read_image(p, None) for p in chunk]
+def _decoded(chunks: list[list[Path]], prefetch: bool, on_error: Callable[[Path, Exception], None] | None = None
+             ) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
+    """(chunk, its images) in order; with ``prefetch`` the next chunk is decoded while this one is used. With
+    ``on_error`` an image that cannot be read is handed to it and left out, instead of stopping the stream."""
+    def read(chunk: list[Path]) -> tuple[list[Path], list[np.ndarray]]:
+        if on_error is None:
+            return chunk, [read_image(p, None) for p in chunk]
+        good, images = [], []
+        for p in chunk:
+            try:
+                images.append(read_image(p, None))
+                good.append(p)
+            except (DataError, OSError, ValueError) as exc:
+                on_error(p, exc)
+        return good, images
 
     if not prefetch or len(chunks) < 2:
         for chunk in chunks:
-            yield chunk, read(chunk)
+            yield read(chunk)
         return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="steelseg-decode") as pool:
         nxt = pool.submit(read, chunks[0])
-        for i, chunk in enumerate(chunks):
-            images = nxt.result()
+        for i in range(len(chunks)):
+            done = nxt.result()
             if i + 1 < len(chunks):
                 nxt = pool.submit(read, chunks[i + 1])
-            yield chunk, images
+            yield done
 
 
 class _Progress:

@@ -122,7 +122,7 @@ def pseudo_label(predictor: Any, images_dir: str | Path, out: str | Path, cfg: P
     probs_a = np.stack(probs)
     present = np.array([[bool(r) for r in masks[p.name]] for p in paths])
     keep, why = select(probs_a, present, cfg)
-    with staged_dir(out, overwrite, "pseudo-label folder") as stage:
+    with staged_dir(out, overwrite, "pseudo-label folder", signatures=("pseudo_labels.csv",)) as stage:
         (stage / "train_images").mkdir()
         rows = []
         for path, kept in zip(paths, keep):

@@ -123,7 +123,7 @@ def build_kit(bundle: str | Path, out: str | Path, cfg: KitConfig, overwrite: bo
     slugs = cfg.slugs()  # a bad --user fails before any download
     src = Path(bundle)
     info = read_bundle(src)
-    with staged_dir(out, overwrite, "kit") as tmp:
+    with staged_dir(out, overwrite, "kit", signatures=("PUSH.md",)) as tmp:
         manifest = _write_deps(tmp / "deps", info.backend, cfg, slugs["deps_dataset"])
         _write_bundle(src, tmp / "bundle", slugs["bundle_dataset"], info)
         _write_kernel(tmp / "kernel", cfg, slugs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from steelseg.errors import DataError, SteelsegError
+from steelseg.fsutil import MARKER
 from steelseg.kaggle import deps
 from steelseg.kaggle.kit import NOTEBOOK
 from steelseg.kaggle.runtime import DEPS_MARKER, read_sample, read_submission
@@ -65,6 +67,28 @@ def _link_image(shim: Path) -> list[str]:
     return sorted(names)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,49}/([a-z0-9][a-z0-9-]{1,48}[a-z0-9])$")
+COMPETITION = re.compile(r"^[a-z0-9][a-z0-9-]{1,98}[a-z0-9]$")
+
+
+def dataset_slug(dataset_id: Any, where: Path) -> str:
+    """The slug of a Kaggle dataset id ``user/slug`` as Kaggle defines it (lower-case letters, digits, hyphens);
+    anything else (``../x``, an absolute path) is refused: it becomes a folder name in the rehearsal."""
+    m = DATASET_ID.match(dataset_id) if isinstance(dataset_id, str) else None
+    if not m:
+        raise DataError(f"{where}: id {dataset_id!r} is not a Kaggle dataset id (user/slug: the slug 3-50 lower-case "
+                        "letters, digits and hyphens)")
+    return m.group(1)
+
+
+def competition_slug(slug: Any, where: Path) -> str:
+    if not isinstance(slug, str) or not COMPETITION.match(slug):
+        raise DataError(f"{where}: competition {slug!r} is not a Kaggle competition slug (lower-case letters, "
+                        "digits and hyphens)")
+    return slug
+
+
 def _venv(root: Path) -> Path:
     """A fresh virtual environment whose site-packages also reads the linked image (one .pth file)."""
     env = root / "venv"
@@ -81,7 +105,7 @@ def _layout(kit: Path, inputs: Path, root: Path, competition: str) -> tuple[Path
     fake, working = root / "input", root / "working"
     for name in ("deps", "bundle"):
         meta = json.loads((kit / name / "dataset-metadata.json").read_text())
-        shutil.copytree(kit / name, fake / meta["id"].split("/", 1)[1])
+        shutil.copytree(kit / name, fake / dataset_slug(meta.get("id"), kit / name / "dataset-metadata.json"))
     comp = fake / competition
     comp.mkdir(parents=True)
     (comp / "test_images").symlink_to((inputs / "test_images").resolve())
@@ -111,7 +135,8 @@ def _execute(nb_path: Path, py: Path, root: Path, fake: Path, working: Path, tim
         NotebookClient(nb, kernel_name="kaggle-rehearsal", timeout=timeout,
                        resources={"metadata": {"path": str(working)}}).execute()
     except CellExecutionError as exc:
-        raise SteelsegError(f"the notebook failed in the rehearsal:\n{str(exc)[-3000:]}") from None
+        text = ANSI.sub("", str(exc))[-3000:]  # the kernel colours its traceback: plain text in our error
+        raise SteelsegError(f"the notebook failed in the rehearsal:\n{text}") from None
     finally:
         os.environ.pop("JUPYTER_PATH") if old is None else os.environ.__setitem__("JUPYTER_PATH", old)
     return nb
@@ -133,7 +158,7 @@ def _compare(notebook_csv: Path, bundle: Path, images: Path, tta: bool, scratch:
 def rehearse(kit: str | Path, inputs: str | Path, out: str | Path, competition: str | None = None,
              timeout: int = 3600) -> dict[str, Any]:
     """Rehearse the kit's notebook offline; ``out/submission.csv``, the executed notebook and a report."""
-    kit, inputs, out = Path(kit), Path(inputs), Path(out)
+    kit, inputs, out = Path(kit).resolve(), Path(inputs).resolve(), Path(out).resolve()  # the kernel runs elsewhere
     for need in (kit / "deps" / DEPS_MARKER, kit / "kernel" / NOTEBOOK, inputs / "sample_submission.csv"):
         if not need.is_file():
             raise DataError(f"{need}: missing (a kit from `steelseg kaggle`, and --input with test_images/ and "
@@ -145,11 +170,17 @@ def rehearse(kit: str | Path, inputs: str | Path, out: str | Path, competition: 
     if manifest["python"] != here:
         raise DataError(f"{kit}: built for Python {manifest['python']}, this machine runs {here}: rehearse a kit "
                         f"built with --python {here}")
-    competition = competition or json.loads((kit / "kernel" / "kernel-metadata.json").read_text())["competition_sources"][0]
+    kernel_meta = kit / "kernel" / "kernel-metadata.json"
+    competition = competition_slug(competition or (json.loads(kernel_meta.read_text()).get("competition_sources")
+                                                   or [None])[0], kernel_meta)
     read_sample(inputs / "sample_submission.csv")  # a bad sample fails here, not inside the kernel
     out.mkdir(parents=True, exist_ok=True)
     root = out / "rehearsal"
+    if root.exists() and not (root / MARKER).is_file():
+        raise DataError(f"{root}: exists and was not made by a rehearsal; move it away or choose another --out")
     shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root / MARKER).write_text("made by steelseg kaggle --rehearse; replaced by the next rehearsal\n")
     t0 = time.perf_counter()
     image = _link_image(root / "kaggle-image")
     py = _venv(root)

@@ -27,11 +27,20 @@ def write_model_json(folder: str | Path, meta: ModelMeta) -> Path:
     return atomic_json(Path(folder) / MODEL_JSON, meta.to_json())
 
 
+def model_file(folder: str | Path, name: str) -> Path:
+    """``folder/name``, a file a model folder (or a bundle) names, once it is known to lie inside the folder after
+    links are followed (:func:`steelseg.fsutil.confine`, the check datasets use): a ``model.onnx`` that links
+    to a file elsewhere is refused on load and on copy."""
+    from steelseg.fsutil import confine
+
+    return confine(Path(folder) / name, folder, "model file")
+
+
 def read_model_json(folder: str | Path) -> ModelMeta:
     path = Path(folder) / MODEL_JSON
     if not path.is_file():
         raise DataError(f"{path}: missing; a model folder needs model.json beside its weights")
-    return load_json(path, ModelMeta)
+    return load_json(model_file(folder, MODEL_JSON), ModelMeta)
 
 
 def save_weights(model: Any, path: str | Path) -> Path:
@@ -88,6 +97,8 @@ def load_model(folder: str | Path, which: str = "best", device: str = "cpu",
     folder = Path(folder)
     meta = meta or read_model_json(folder)
     weights = folder / f"{which}.safetensors"
+    if weights.exists():
+        model_file(folder, weights.name)
     if not weights.is_file():
         found = sorted(p.name for p in folder.glob("*.safetensors"))
         raise DataError(f"{weights}: missing (found: {', '.join(found) or 'no weights'})")

@@ -35,10 +35,20 @@ def image_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def file_id(path: Path, chunk: int = 1 << 20) -> str:
+    """:func:`image_id` of a file, hashed in chunks (never the whole file in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 class ReviewQueue:
     def __init__(self, folder: Path, bundle_id: str, rate: Callable[[bytes, str], Priority],
-                 random_every: int = 10, seed: int = 0) -> None:
+                 random_every: int = 10, seed: int = 0, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.folder = check_writable_dir(folder)
+        self.max_bytes = max_bytes  # a file larger than an upload may be is never read (stat first)
         self.state = check_writable_dir(self.folder / STATE)
         self.bundle_id = bundle_id
         self.rate = rate  # (image bytes, name) -> Priority; decodes and predicts (the service's lock inside)
@@ -63,8 +73,12 @@ class ReviewQueue:
                 continue
             st = p.stat()
             key = (p.name, st.st_size, st.st_mtime_ns)
+            if st.st_size > self.max_bytes:  # refused from its size alone, like an upload over the limit
+                self.errors[f"size:{p.name}"] = (f"{p.name}: {st.st_size / 2 ** 20:.0f} MB, over the "
+                                                  f"{self.max_bytes / 2 ** 20:.0f} MB an image may be (--max-mb)")
+                continue
             if key not in self._files:
-                self._files[key] = image_id(p.read_bytes())
+                self._files[key] = file_id(p)
             self._paths[self._files[key]] = p
             ids.append(self._files[key])
         return list(dict.fromkeys(ids))

@@ -111,7 +111,8 @@ class Service:
                 raise SteelsegError("--queue needs --feedback DIR: reviewed images are sent there")
             from steelseg.serve.queue import ReviewQueue
 
-            self.queue = ReviewQueue(Path(cfg.queue), self.bundle_id, self.rate, cfg.queue_random_every)
+            self.queue = ReviewQueue(Path(cfg.queue), self.bundle_id, self.rate, cfg.queue_random_every,
+                                     max_bytes=cfg.max_bytes)
 
     def rate(self, data: bytes, name: str) -> Priority:
         """How unsure the model is of one image (the review queue's order)."""

@@ -42,27 +42,50 @@ function choose(c, v) {
   legend();
 }
 
+// Every cell is built with DOM calls and textContent: a class name, a file name or a reason from the server
+// reaches the page as text, never as markup (issue #38).
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "text") node.textContent = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k === "attrs") for (const [a, x] of Object.entries(v)) node.setAttribute(a, x);
+    else node[k] = v;
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
 function verdictCell(c) {
   const cls = state.result.classes[c], v = verdict(c);
   const opts = cls.present ? ["right", "wrong", "corrected"] : ["absent", "missed"];
   const drawn = v === "missed" && editor.area(c) > 0 ? " (drawn)" : v === "missed" ? " (not drawn: needs masks)" : "";
-  return opts.map((o) => `<label><input type="radio" name="v${c}" value="${o}" ${o === v ? "checked" : ""}
-    ${o === "corrected" && v !== "corrected" ? "disabled" : ""}> ${o}</label>`).join(" ") +
-    `<span class="muted" data-verdict="${v}">${drawn}</span>`;
+  const td = el("td");
+  opts.forEach((o, i) => {
+    const input = el("input", { type: "radio", name: `v${c}`, value: o, checked: o === v,
+                                disabled: o === "corrected" && v !== "corrected" });
+    if (i) td.append(" ");
+    td.append(el("label", {}, input, ` ${o}`));
+  });
+  td.append(el("span", { className: "muted", text: drawn, dataset: { verdict: v } }));
+  return td;
 }
 
 function legend() {
   if (!state.result) return;
   const body = $("legend").querySelector("tbody");
-  body.innerHTML = "";
+  body.replaceChildren();
   state.result.classes.forEach((cls, c) => {
     const tr = document.createElement("tr");
     tr.dataset.cls = cls.name;
     tr.className = c === editor.current ? "current" : "";
-    tr.innerHTML = `<td><input type="checkbox" ${editor.shown[c] ? "checked" : ""} aria-label="show ${cls.name}"></td>
-      <td class="pickcls"><kbd>${c + 1}</kbd> <span class="swatch" style="background: rgb(${COLORS[c % COLORS.length]})"></span>${cls.name}</td>
-      <td>${cls.present ? "yes" : "no"}</td><td>${cls.score === null ? "-" : cls.score.toFixed(3)}</td>
-      <td>${cls.area}</td><td class="area-now">${editor.area(c)}</td><td>${verdictCell(c)}</td>`;
+    const show = el("input", { type: "checkbox", checked: !!editor.shown[c], attrs: { "aria-label": `show ${cls.name}` } });
+    const swatch = el("span", { className: "swatch" });
+    swatch.style.background = `rgb(${COLORS[c % COLORS.length]})`;
+    tr.append(el("td", {}, show),
+      el("td", { className: "pickcls" }, el("kbd", { text: String(c + 1) }), " ", swatch, cls.name),
+      el("td", { text: cls.present ? "yes" : "no" }), el("td", { text: cls.score === null ? "-" : cls.score.toFixed(3) }),
+      el("td", { text: String(cls.area) }), el("td", { className: "area-now", text: String(editor.area(c)) }), verdictCell(c));
     tr.querySelector("input[type=checkbox]").addEventListener("change", (e) => { editor.shown[c] = e.target.checked; editor.render(); });
     tr.querySelector(".pickcls").addEventListener("click", () => selectClass(c));
     tr.querySelectorAll("input[type=radio]").forEach((r) => r.addEventListener("change", () => choose(c, r.value)));
@@ -135,11 +158,12 @@ async function loadQueue(openCurrent) {
   if (!r.ok) { say("queue-status", body.error, true); return; }
   state.queue = body.items;
   const list = $("queue-list").querySelector("tbody");
-  list.innerHTML = "";
+  list.replaceChildren();
   body.items.forEach((it, i) => {
     const tr = document.createElement("tr");
     tr.dataset.id = it.id;
-    tr.innerHTML = `<td>${it.position}</td><td>${it.name}</td><td>${it.score.toFixed(3)}</td><td>${it.random ? "random" : ""}</td><td>${it.reason}</td>`;
+    tr.append(el("td", { text: String(it.position) }), el("td", { text: it.name }), el("td", { text: it.score.toFixed(3) }),
+      el("td", { text: it.random ? "random" : "" }), el("td", { text: it.reason }));
     tr.addEventListener("click", () => openItem(i));
     list.appendChild(tr);
   });
