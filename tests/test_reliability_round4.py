@@ -265,3 +265,119 @@ def test_the_guard_is_one_function(tmp_path: Path) -> None:
     os.symlink(a, tmp_path / "link")
     with pytest.raises(DataError, match="own input"):
         guard_output(tmp_path / "link", [(a, True)])  # links followed
+
+
+# ---- 6. no leak, no loss ----------------------------------------------------------------------------------------
+def test_extra_images_that_are_validation_images_are_left_out(synth_small: Path, tmp_path: Path) -> None:
+    """A validation strip back in data.extra under another name and format (a review, a pseudo-label) would leak."""
+    import shutil
+
+    from steelseg.training.config import load_config
+    from steelseg.training.loaders import add_extra, open_training_data, resolve_split
+
+    cfg = load_config(None, [f"data.path={synth_small}", "data.crop=null"])
+    data0 = open_training_data(cfg)
+    train, val, how = resolve_split(cfg, data0.main)
+    extra = tmp_path / "feedback"
+    (extra / "train_images").mkdir(parents=True)
+    shutil.copyfile(synth_small / "classes.txt", extra / "classes.txt")
+    img = np.asarray(Image.open(data0.main.row(val[0])["path"]))
+    Image.fromarray(img).save(extra / "train_images" / "renamed.png")  # same pixels, new name and format
+    Image.fromarray(np.full((64, 320), 7, np.uint8)).save(extra / "train_images" / "new.png")
+    (extra / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    cfg = load_config(None, [f"data.path={synth_small}", "data.crop=null", f"data.extra=[{extra}]"])
+    data = open_training_data(cfg)
+    tr, va, how, record = add_extra(cfg, data, train, val, how)
+    assert [i for i in tr if i.startswith("+")] == ["+feedback/new.png"]
+    assert record[str(extra)]["left_out_as_validation_images"] == 1
+
+
+def test_a_review_after_a_crash_starts_its_own_line_and_half_writes_are_settled(tmp_path: Path) -> None:
+    from steelseg.data.reviews import read_reviews
+    from steelseg.serve.feedback import FeedbackWriter
+
+    fb = tmp_path / "fb"
+    w = FeedbackWriter(fb, NAMES)
+    img = _images(tmp_path / "imgs", 2)
+    data = (img / "im0.png").read_bytes()
+    model = np.zeros((64, 96, 2), np.uint8)
+    w.add(data, "im0.png", model, {"pits": "absent", "streaks": "absent"}, None)
+    with open(fb / "reviews.jsonl", "a") as fh:
+        fh.write('{"image_id": "cut sh')  # a crash mid-line
+    # a crash between "train.csv replaced" and "image renamed": the rows are there, the image a .tmp
+    (fb / "train_images" / ".abc.png.tmp").write_bytes(data)
+    with open(fb / "train.csv", "a") as fh:
+        fh.write("abc.png,1,1 5\n")
+    (fb / "train_images" / ".orphan.png.tmp").write_bytes(b"half")
+    (fb / ".train.csv.steelseg-x.tmp").write_text("killed")
+    w2 = FeedbackWriter(fb, NAMES)
+    assert len(w2.recovered) == 3
+    assert (fb / "train_images" / "abc.png").is_file() and not list((fb / "train_images").glob(".*.tmp"))
+    assert not (fb / ".train.csv.steelseg-x.tmp").exists()
+    w2.add((img / "im1.png").read_bytes(), "im1.png", model, {"pits": "absent", "streaks": "absent"}, None)
+    assert len(read_reviews(fb)) == 2 and "cut sh" in (fb / "reviews.partial.jsonl").read_text()
+    from steelseg.data.open import open_dataset
+
+    assert len(open_dataset(fb).table) == 3  # the folder trains
+
+
+def test_masks_in_defect_free_folders_are_paired_not_read_as_images(tmp_path: Path) -> None:
+    from steelseg.data.open import open_dataset
+
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    for cls in ("scratch",):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / cls / f"{i}.jpg")
+            m = np.zeros((32, 32), np.uint8)
+            m[4:9, 4:20] = 255
+            Image.fromarray(m).save(root / cls / f"{i}.png")
+    (root / "good").mkdir()
+    for i in range(2):  # good/000.png + 000_mask.png, and Magnetic-tile's x.jpg + x.png
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "good" / f"{i}.png")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "good" / f"{i}_mask.png")
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "good" / "mt.jpg")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "good" / "mt.png")
+    ds = open_dataset(root)
+    assert sorted(i for i in ds.image_ids if i.startswith("good/")) == ["good/0.png", "good/1.png", "good/mt.jpg"]
+    bad = np.zeros((32, 32), np.uint8)
+    bad[0:3, 0:3] = 255
+    Image.fromarray(bad).save(root / "good" / "1_mask.png")
+    with pytest.raises(DataError, match="1_mask.png.*defect-free"):
+        open_dataset(root)
+
+
+def test_convert_writes_the_displayed_pixels_of_a_rotated_photo(tmp_path: Path) -> None:
+    from steelseg.data import rle
+    from steelseg.data.convert import convert
+    from steelseg.data.kaggle import write_kaggle_csv
+    from steelseg.data.open import open_dataset
+
+    src = tmp_path / "src"
+    (src / "train_images").mkdir(parents=True)
+    stored = np.zeros((40, 60), np.uint8)
+    stored[:, :10] = 255  # a bright band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the band is on top as shown
+    Image.fromarray(stored).save(src / "train_images" / "a.png", exif=exif)
+    shown = np.zeros((60, 40), np.uint8)
+    shown[:10, :] = 1
+    write_kaggle_csv(src / "train.csv", [("a.png", 1, rle.encode(shown))])
+    convert(open_dataset(src), tmp_path / "out", "kaggle")
+    with Image.open(tmp_path / "out" / "train_images" / "a.png") as im:
+        assert im.getexif().get(0x0112, 1) == 1
+        plain = np.asarray(im)  # as a reader that ignores EXIF sees it
+    assert plain.shape == (60, 40) and plain[:10].min() == 255 and plain[20:].max() == 0
+    out = open_dataset(tmp_path / "out")
+    assert (out.load_mask("a.png")[..., 0] == shown).all()
+
+
+def test_the_kit_wheel_is_built_outside_the_checkout(tmp_path: Path) -> None:
+    from steelseg.kaggle.deps import _project_root, build_steelseg_wheel
+
+    root = _project_root()
+    before = {p.name for p in root.iterdir()}
+    wheel = build_steelseg_wheel(tmp_path)
+    assert (tmp_path / wheel.file).is_file()
+    assert {p.name for p in root.iterdir()} == before  # no build/, no *.egg-info

@@ -5,13 +5,12 @@ images without annotations defect-free. Reader and writer side by side."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from steelseg.data.images import image_size
+from steelseg.data.images import copy_upright, image_size
 from steelseg.data.items import build_from_items
 from steelseg.data.registry import Layout
 from steelseg.data.table import DefectDataset, progress_bar
@@ -146,7 +145,7 @@ def write_coco(ds: DefectDataset, stage: Path, names: dict[str, str], progress: 
     for i, image_id in enumerate(progress_bar(ds.image_ids, len(ds.image_ids), "converting", progress), start=1):
         r = ds.row(image_id)
         name = names[image_id]
-        shutil.copyfile(r["path"], stage / "images" / name)
+        copy_upright(r["path"], stage / "images" / name)
         images.append({"id": i, "file_name": name, "height": int(r["height"]), "width": int(r["width"])})
         mask = ds.load_mask(image_id)
         for c in range(ds.num_classes):

@@ -44,8 +44,9 @@ def is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
 
 
-def _pair(folder: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
-    """(image, mask) pairs in a class folder, and files that are neither."""
+def _pair(folder: Path, need_mask: bool = True) -> tuple[list[tuple[Path, Path | None]], list[Path]]:
+    """(image, mask) pairs in a class folder, and files that are neither; in a defect-free folder
+    (``need_mask`` False) an image may come without a mask (None), but a mask is never taken for an image."""
     files = sorted(p for p in folder.iterdir() if is_image(p))
     masks_dir = folder / "masks"
     by_stem: dict[str, list[Path]] = {}
@@ -68,6 +69,10 @@ def _pair(folder: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
                 mask = same[0]
             elif same and p.suffix.lower() == ".png":
                 continue  # the png of an x.jpg + x.png pair: the mask, handled from the jpg
+        if mask is None and not need_mask:
+            used.add(p)
+            pairs.append((p, None))
+            continue
         if mask is None:
             raise DataError(f"{p}: image without a mask (looked for {stem}_mask.*, {stem}_label.*, {stem}_gt.*, "
                             f"masks/{stem}.*, or {stem}.png beside a .jpg); give it an all-zero mask, or put "
@@ -127,13 +132,20 @@ def _walk(top: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
 
 
 def _free_images(top: Path, root: Path) -> tuple[list[Path], list[str]]:
+    """The images of a defect-free folder. Their masks, where they have them (``good/x.png`` + ``x_mask.png``,
+    Magnetic-tile's ``MT_Free/Imgs/x.jpg`` + ``x.png``), are paired as in class folders, never read as images;
+    a mask with a defect in a defect-free folder is an error that names it."""
+    from steelseg.data.images import read_image
+
     images, skipped = [], []
     for d in _dirs_below(top):
-        for p in sorted(d.iterdir()):
-            if is_image(p):
-                images.append(p)
-            elif p.is_file() and not p.name.startswith("."):
-                skipped.append(str(p.relative_to(root)))
+        pairs, others = _pair(d, need_mask=False)
+        for img, mask in pairs:
+            if mask is not None and read_image(mask, 1).max() > 0:
+                raise DataError(f"{mask}: the mask of {img.name} holds a defect, but {img.name} sits in the defect-free "
+                                f"folder {top.name}: move it to its class folder, or clear the mask")
+            images.append(img)
+        skipped += [str(p.relative_to(root)) for p in others]
     return images, skipped
 
 

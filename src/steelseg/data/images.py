@@ -39,6 +39,7 @@ __all__ = [
     "list_images",
     "max_pixels",
     "normalize",
+    "copy_upright",
     "open_upright",
     "read_image",
     "to_channels",
@@ -227,6 +228,28 @@ def _upright(im: Any) -> Any:
     from PIL import ImageOps
 
     return ImageOps.exif_transpose(im)
+
+
+def copy_upright(src: str | Path, dst: str | Path) -> bool:
+    """Copy an image file so that it means one thing to every reader: its bytes as they are, or, when it carries
+    an EXIF orientation other than 1, the displayed pixels without the tag (PNG, BMP and TIFF losslessly; a JPEG
+    re-encoded at quality 95 with full chroma). Masks follow the displayed view, so a reader that ignores the tag
+    (Pillow's default, many notebooks) would otherwise get masks that miss. True when it was rewritten."""
+    import shutil
+
+    with _open(src) as im:
+        turned = _orientation(im) != 1
+        if turned:
+            im.load()
+            fmt = im.format
+            up = _upright(im)
+            if up.mode not in ("L", "RGB", "I;16", "I", "F") and fmt == "JPEG":
+                up = up.convert("RGB")
+            kw = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
+            up.save(dst, format=fmt, **kw)  # no exif= argument: the orientation tag is not written
+    if not turned:
+        shutil.copyfile(src, dst)
+    return turned
 
 
 def open_upright(src: ImageSource, name: str | None = None) -> Any:

@@ -8,7 +8,6 @@ the older ``ImageId_ClassId,EncodedPixels``, or a submission's ``ImageId,Encoded
 from __future__ import annotations
 
 import csv
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from steelseg.data import rle
-from steelseg.data.images import list_images
+from steelseg.data.images import copy_upright, list_images
 from steelseg.data.registry import Layout, OpenRequest
 from steelseg.data.table import DefectDataset, build_table, image_row, progress_bar, read_image_ids
 from steelseg.errors import DataError, RLEError
@@ -170,7 +169,7 @@ def write_kaggle(src: DefectDataset, stage: Path, names: dict[str, str], progres
     rows: list[tuple[str, int, str]] = []
     for image_id in progress_bar(src.image_ids, len(src.table), "converting", progress):
         name = names[image_id]
-        shutil.copyfile(src.row(image_id)["path"], img_dir / name)
+        copy_upright(src.row(image_id)["path"], img_dir / name)
         mask = src.load_mask(image_id)
         for c in range(src.num_classes):
             if mask[..., c].any():

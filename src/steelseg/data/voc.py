@@ -4,7 +4,6 @@ Reader and writer side by side."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from steelseg.data.images import list_images, open_upright
+from steelseg.data.images import copy_upright, list_images, open_upright
 from steelseg.data.registry import Layout
 from steelseg.data.table import DefectDataset, build_table, image_row, one_hot, progress_bar, read_image_ids
 from steelseg.errors import DataError
@@ -174,7 +173,7 @@ def write_masks(ds: DefectDataset, stage: Path, names: dict[str, str], progress:
         labels = (mask * np.arange(1, ds.num_classes + 1, dtype=np.uint16)).sum(axis=2)
         labels = labels.astype(np.uint8 if ds.num_classes < 256 else np.uint16)
         name = names[image_id]
-        shutil.copyfile(ds.row(image_id)["path"], stage / "JPEGImages" / name)
+        copy_upright(ds.row(image_id)["path"], stage / "JPEGImages" / name)
         Image.fromarray(labels).save(stage / "SegmentationClass" / f"{Path(name).stem}.png")
     atomic_text(stage / "classes.txt", "\n".join(ds.class_names) + "\n")
     if ds.splits:

@@ -165,17 +165,35 @@ def _project_root() -> Path:
                         "source checkout (pip install -e .)")
 
 
+def _source_copy(root: Path, tmp: Path) -> Path:
+    """The files a wheel is built from, copied out of the checkout: the build writes its build/ and egg-info
+    there, never into the checkout (which may be read-only, or hold a stale build/lib of deleted modules)."""
+    import shutil
+
+    src = tmp / "source"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
+        if (root / name).is_file():
+            shutil.copyfile(root / name, src / name)
+    shutil.copytree(root / "src" / "steelseg", src / "src" / "steelseg",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    return src
+
+
 def build_steelseg_wheel(dest: Path) -> Wheel:
-    """steelseg itself as a wheel (pure Python), from the source checkout this package runs from."""
+    """steelseg itself as a wheel (pure Python), built from a copy of the source checkout this package runs
+    from, in a temporary folder: nothing is written outside ``dest``."""
     root = _project_root()
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", "-w", tmp,
-               str(root)]
+        source = _source_copy(root, Path(tmp))
+        out = Path(tmp) / "wheel"
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", "-w", str(out),
+               str(source)]
         # with this environment's setuptools first (offline); with pip's isolated build when that is too old
         proc = subprocess.run([*cmd[:5], "--no-build-isolation", *cmd[5:]], capture_output=True, text=True)
         if proc.returncode != 0:
             proc = subprocess.run(cmd, capture_output=True, text=True)
-        built = list(Path(tmp).glob("steelseg-*.whl"))
+        built = list(out.glob("steelseg-*.whl"))
         if proc.returncode != 0 or not built:
             raise SteelsegError(f"building the steelseg wheel failed: {proc.stderr.strip()[-500:]}")
         target = dest / built[0].name

@@ -31,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,7 @@ import numpy as np
 from steelseg.data import rle
 from steelseg.data.reviews import REVIEWS_FILE, VERDICTS
 from steelseg.errors import DataError, RLEError
-from steelseg.fsutil import atomic_json, atomic_text, atomic_write, check_writable_dir
+from steelseg.fsutil import atomic_json, atomic_text, atomic_write, check_writable_dir, clean_stale
 
 __all__ = ["FeedbackWriter", "VERDICTS"]
 
@@ -67,6 +68,43 @@ class FeedbackWriter:
         if not csv_path.is_file():
             with atomic_write(csv_path, "w", newline="") as fh:
                 fh.write("ImageId,ClassId,EncodedPixels\n")
+        with self._locked():  # workers of one service start together: one recovers, the others find it done
+            self.recovered = self.recover()
+
+    def recover(self) -> list[str]:
+        """Finish or undo what a crash left (on start): a review line cut short is moved out of reviews.jsonl
+        (to reviews.partial.jsonl) so the next one starts on its own line; an image whose rows reached train.csv
+        but which was not yet renamed into place is finished; a written image whose rows never arrived is
+        removed; temporary files of killed writes are cleaned. Returns what was done, in words."""
+        done = []
+        reviews = self.root / REVIEWS_FILE
+        if reviews.is_file() and reviews.stat().st_size:
+            raw = reviews.read_bytes()
+            if not raw.endswith(b"\n"):
+                cut = raw.rfind(b"\n") + 1
+                with open(self.root / "reviews.partial.jsonl", "ab") as fh:
+                    fh.write(raw[cut:] + b"\n")
+                with open(reviews, "r+b") as fh:
+                    fh.truncate(cut)
+                done.append(f"{reviews}: a review line cut short by a crash moved to reviews.partial.jsonl")
+        listed = {r[0] for r in self._rows() if r}
+        img_dir = self.root / "train_images"
+        for tmp in sorted(img_dir.glob(".*.tmp")):
+            image_id = tmp.name[1:-len(".tmp")]
+            if image_id in listed and not (img_dir / image_id).exists():
+                os.replace(tmp, img_dir / image_id)  # fsynced before train.csv was written: complete
+                done.append(f"{image_id}: finished (its rows were in train.csv)")
+            else:
+                tmp.unlink()
+                done.append(f"{image_id}: an unfinished write removed")
+        missing = sorted(i for i in listed if not (img_dir / i).exists())
+        if missing:  # rows without their image: undone, so the folder trains
+            self._write_rows([r for r in self._rows() if r and r[0] not in set(missing)])
+            done.append(f"{len(missing)} row group(s) of train.csv without an image removed ({missing[0]} ...)")
+        clean_stale(self.root, ("train.csv", "classes.txt", REVIEWS_FILE))
+        for line in done:
+            print(f"feedback {self.root}: {line}", file=sys.stderr)
+        return done
 
     def parse(self, raw: str) -> dict[str, str]:
         """``{"class name": verdict}`` for every class, checked (verdicts: steelseg.data.reviews.VERDICTS)."""
@@ -219,8 +257,14 @@ class FeedbackWriter:
                "bundle": self.bundle_id, "reviewer": (reviewer or "").strip()[:100] or None,
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "height": h, "width": w,
                "classes": classes}
-        with open(self.root / REVIEWS_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec) + "\n")
+        path = self.root / REVIEWS_FILE
+        with open(path, "a+b") as fh:  # a line of its own, even after a line a crash cut short
+            fh.seek(0, os.SEEK_END)
+            if fh.tell():
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+            fh.write((json.dumps(rec) + "\n").encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
 

@@ -63,7 +63,15 @@ def add_extra(cfg: RunConfig, data: TrainingData, train: list[str], val: list[st
     """The split with the extra images added: to training only, or (``data.extra_in_val``) split by
     the same fold rule as new folds. Returns the split and what split.json records of the extras."""
     record: dict[str, Any] = {}
+    held_out = set(_pixel_hashes(data.main, [i for i in val + data.main.splits.get("test", []) if i in data.main_ids])
+                   .values()) if data.extras else set()
     for s, ds in data.extras:
+        leaked = [i for i, h in zip(ds.image_ids, _pixel_hashes(ds, ds.image_ids).values()) if h in held_out]
+        if leaked:  # a validation image back under another name (a review, a pseudo-label): it would leak
+            print(f"data.extra {s.path}: {len(leaked)} image(s) are validation or test images of {cfg.data.path} "
+                  f"under another name (same pixels, e.g. {leaked[0]}); left out of training (split.json says)",
+                  file=sys.stderr)
+            ds = ds.subset([i for i in ds.image_ids if i not in set(leaked)])
         groups = image_groups(ds, None)
         k = min(5, len(ds.table), len(set(groups)) if groups is not None else len(ds.table))
         if cfg.data.extra_in_val and k >= 2:
@@ -71,16 +79,29 @@ def add_extra(cfg: RunConfig, data: TrainingData, train: list[str], val: list[st
             tr, va = fold_split(folds, cfg.data.fold % k)
             tr, va = [s.prefix + i for i in tr], [s.prefix + i for i in va]
         else:
-            tr, va = list(s.image_ids), []
+            tr, va = [s.prefix + i for i in ds.image_ids], []
         train, val = train + tr, val + va
         record[s.path] = {"prefix": s.prefix, "layout": s.layout, "images": len(s.image_ids), "train": len(tr),
-                          "val": len(va)}
+                          "val": len(va), "left_out_as_validation_images": len(leaked)}
     if record:
         n_tr = sum(r["train"] for r in record.values())
         n_va = sum(r["val"] for r in record.values())
         how += f"; + {n_tr} extra image(s) in training" + (f", {n_va} in validation" if n_va else
                                                            " (data.extra, kept out of validation)")
     return train, val, how, record
+
+
+def _pixel_hashes(ds: DefectDataset, ids: list[str]) -> dict[str, str]:
+    """Image id -> a hash of its decoded pixels (the same strip saved under another name or format matches)."""
+    import hashlib
+
+    from steelseg.data.images import read_image
+
+    out = {}
+    for i in ids:
+        img = read_image(ds.row(i)["path"], None)
+        out[i] = hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
+    return out
 
 
 def resolve_split(cfg: RunConfig, ds: DefectDataset, run_dir: Path | None = None) -> tuple[list[str], list[str], str]:
