@@ -246,3 +246,24 @@ def test_fit_end_to_end_killed_mid_fold_and_resumed(tmp_path: Path, synth_small:
 
     pred = Predictor.from_bundle(out / "bundle")
     assert pred.predict([np.zeros((64, 320), np.uint8)])[0].masks.shape == (64, 320, 4)
+
+
+def test_the_remaining_rules_on_hand_made_facts() -> None:
+    """channels, encoder, cache and schedule: each on the fact that decides it."""
+    from dataclasses import replace
+
+    colour = replace(_fp(), channels=3)
+    d = _plan(colour)
+    assert value(d, "data.channels") == 3 and value(d, "data.mean") == [0.5, 0.5, 0.5]
+    offline = decide(Facts(_fp(), AVX2, pretrained=None, steps=100, decoded_bytes=1))
+    assert value(offline, "model.encoder_weights") is None and "pretrained extra" in \
+        next(x.why for x in offline if x.key == "model.encoder_weights")
+    huge = decide(Facts(_fp(), AVX2, steps=100, decoded_bytes=30 * 2 ** 30))  # 30 GiB decoded, 20 GiB free
+    assert value(huge, "data.cache") is False and value(huge, "data.num_workers") == 1
+    assert value(_plan(_fp()), "data.cache") is True and value(_plan(_fp()), "data.num_workers") == 0
+    assert value(_plan(_fp(), steps=100), "train.ema") is None
+    assert value(_plan(_fp(), steps=2000), "train.ema") == 0.998
+    assert value(_plan(_fp(), gpu="GPU", gpu_bf16=False), "model.kwargs.decoder_channels") == [256, 128, 64, 32, 16]
+    from steelseg.planning.rules import RULES
+
+    assert len(RULES) == 14  # a new rule needs its test here

@@ -50,11 +50,16 @@ def _edit_json(path: Path, **changes) -> None:
 def test_bundle_refuses_to_overwrite_and_swaps_whole(bundle, tmp_path, capsys) -> None:
     before = sorted(p.relative_to(bundle) for p in bundle.rglob("*"))
     model = bundle / "segmenters" / "0"
-    expect_error(capsys, "already exists; pass --overwrite", "bundle", model, "--out", bundle)
+    copy = tmp_path / "copy"
+    rc, _ = run_cli(capsys, "bundle", model, "--out", copy)
+    assert rc == 0
+    expect_error(capsys, "already exists; pass --overwrite", "bundle", model, "--out", copy)
+    # a bundle is never rebuilt over the models it is made from (issue #38: an output never holds its input)
+    expect_error(capsys, "holds the command's input", "bundle", model, "--out", bundle, "--overwrite")
     assert sorted(p.relative_to(bundle) for p in bundle.rglob("*")) == before
-    rc, _ = run_cli(capsys, "bundle", model, "--out", bundle, "--overwrite")  # from a model inside it
-    assert rc == 0 and (bundle / "segmenters" / "0" / "best.safetensors").is_file()
-    assert not list(tmp_path.glob(".bundle*"))  # no staging folders left
+    rc, _ = run_cli(capsys, "bundle", model, "--out", copy, "--overwrite")  # a bundle steelseg made: replaced
+    assert rc == 0 and (copy / "segmenters" / "0" / "best.safetensors").is_file()
+    assert not list(tmp_path.glob(".copy*"))  # no staging folders left
 
 
 @pytest.mark.parametrize("file,changes,pattern", [
@@ -108,17 +113,19 @@ def test_predict_lists_subfolders_and_recurses(bundle, data, tmp_path, capsys) -
     rc, _ = run_cli(capsys, "predict", bundle, images, "--out", tmp_path / "r", "--recursive", "--overlays")
     rows = (tmp_path / "r" / "submission.csv").read_text().splitlines()
     assert rc == 0 and any(r.startswith("line2/") for r in rows)
-    assert len(list((tmp_path / "r" / "overlays").iterdir())) == 7
+    assert len(list((tmp_path / "r" / "overlays").glob("*.png"))) == 7
 
 
 def test_predict_cleans_up_after_a_killed_run(bundle, data, tmp_path, capsys) -> None:
     out = tmp_path / "p"
     out.mkdir()
     (out / "submission.csv.partial").write_text("ImageId,EncodedPixels,ClassId\nhalf")
-    (out / ".overlays.abc.partial").mkdir()
-    (out / ".submission.csv.abc.tmp").write_text("half")
+    (out / ".overlays.steelseg-abc.partial").mkdir()  # steelseg's own temporary names (issue #38)
+    (out / ".submission.csv.steelseg-abc.tmp").write_text("half")
+    (out / ".overlays.mine").mkdir()  # a person's, that only look alike: kept
     rc, _ = run_cli(capsys, "predict", bundle, data / "train_images", "--out", out)
-    assert rc == 0 and not (out / "submission.csv.partial").exists() and not list(out.glob(".overlays*"))
+    assert rc == 0 and not (out / "submission.csv.partial").exists()
+    assert [p.name for p in out.glob(".overlays*")] == [".overlays.mine"]
     assert not list(out.glob(".*.tmp")) and (out / "submission.csv").is_file()
 
 
@@ -224,7 +231,7 @@ def test_voc_masks_same_stem_and_16bit_ids(tmp_path, capsys) -> None:
 
 
 def test_convert_refuses_itself_and_existing(data, tmp_path, capsys) -> None:
-    expect_error(capsys, "is the source dataset", "convert", data, data)
+    expect_error(capsys, "own input", "convert", data, data)  # the one output guard (issue #38)
     out = tmp_path / "k"
     assert run_cli(capsys, "convert", data, out)[0] == 0
     expect_error(capsys, "already exists", "convert", data, out)

@@ -19,11 +19,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", type=Path, help="dataset folder in any layout: kaggle (train.csv + train_images/), "
                    "masks (JPEGImages/ + SegmentationClass/), folders (one folder per class, masks beside "
                    "the images), groups (one folder per part or coil, one class, empty mask = defect-free), "
-                   "mvtec (train/good, test/<defect>, ground_truth/), coco (a COCO JSON)")
+                   "mvtec (train/good, test/<defect>, ground_truth/), coco (a COCO JSON), yolo (an ultralytics "
+                   "segmentation data.yaml with images/ and labels/)")
     p.add_argument("--class-names", type=str, default=None,
                    help="comma-separated class names (default: classes.txt, the class folders or COCO "
                         "categories, 'defect' for group folders, else class1..classC)")
-    p.add_argument("--layout", default=None, choices=["kaggle", "masks", "folders", "groups", "mvtec", "coco"],
+    p.add_argument("--layout", default=None, choices=["kaggle", "masks", "folders", "groups", "mvtec", "coco", "yolo"],
                    help="force the layout when detection is ambiguous (folders or groups: when the masks do "
                         "not tell class folders from group folders)")
     p.add_argument("--free-dirs", default=None, help="folders layout: comma-separated names or glob patterns of "

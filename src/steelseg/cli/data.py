@@ -134,13 +134,14 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("convert", help="write any supported dataset in another layout (kaggle, masks, coco)",
-                       description="Convert a dataset between layouts, masks carried losslessly: kaggle "
-                                   "(train_images/ + train.csv + classes.txt + splits/), masks (VOC-style "
-                                   "JPEGImages/ + SegmentationClass/; one class per pixel) or coco (images/ + "
-                                   "annotations.json with RLE masks, for labelling tools).")
+    p = sub.add_parser("convert", help="write any supported dataset in another layout (kaggle, masks, coco, yolo)",
+                       description="Convert a dataset between layouts: kaggle (train_images/ + train.csv + "
+                                   "classes.txt + splits/), masks (VOC-style JPEGImages/ + SegmentationClass/; one "
+                                   "class per pixel) or coco (images/ + annotations.json with RLE masks, for labelling "
+                                   "tools), all three lossless; or yolo (ultralytics segmentation: images/, labels/ "
+                                   "with one polygon a component, data.yaml; a hole in a defect comes back filled).")
     add_data_args(p)
-    p.add_argument("--to", default="kaggle", choices=["kaggle", "masks", "coco"], help="target layout (default kaggle)")
+    p.add_argument("--to", default="kaggle", choices=["kaggle", "masks", "coco", "yolo"], help="target layout (default kaggle)")
     p.add_argument("out", type=Path, help="output folder (built beside, swapped in when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_convert, reads={"data": False})

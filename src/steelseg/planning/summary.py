@@ -122,9 +122,11 @@ def finish(out: Path, plan: Plan, runs: list[Path], evals: list[dict[str, Any]],
     final = float(np.mean([row["all_empty"] if c in off_c else row["oof_dice"] for c, row in enumerate(per_class)]))
     choice = _choose(runs, cv, evals, plan, o)
     s = cv.summary()
+    trained = [_trained(r) for r in runs]
     result: dict[str, Any] = {
         "data": plan.data, "out": str(out), "folds": plan.folds, "steps_per_model": plan.steps,
-        "epochs": plan.get("train.epochs"), "minutes": round(seconds / 60, 1),
+        "epochs": plan.get("train.epochs"), "steps_trained": [t[0] for t in trained],
+        "training_minutes": round(sum(t[1] for t in trained) / 60, 1), "minutes": round(seconds / 60, 1),
         "oof_dice": s["oof_dice"], "oof_dice_final": final, "own_dice": s["own_dice"], "all_empty_dice": s["all_empty_dice"],
         "untuned_dice": [e["dice"] for e in evals], "miou": [e["miou"] for e in evals],
         "image_ap": [((e.get("detection") or {}).get("any") or {}).get("ap") for e in evals],
@@ -142,6 +144,16 @@ def finish(out: Path, plan: Plan, runs: list[Path], evals: list[dict[str, Any]],
     print(f"fit: bundle {out / 'bundle'}; summary {out / 'summary.md'}; reports {out / 'runs'}/*/report",
           file=sys.stderr)
     return result
+
+
+def _trained(run: Path) -> tuple[int, float]:
+    """(optimiser steps, seconds of training) of a run, from its metrics.csv (resumed runs included)."""
+    import csv
+
+    with open(run / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    steps = int(float(rows[-1]["step"])) if rows else 0
+    return steps, sum(float(r.get("seconds") or 0) for r in rows)
 
 
 def _f(v: Any) -> str:
@@ -165,8 +177,9 @@ def render_summary(plan: Plan, r: dict[str, Any]) -> str:
              f"- defective images missed: {r['missed']} of {r['defective']}; defect-free images flagged: "
              f"{r['false_alarms']} of {r['defect_free']} (out of fold)",
              f"- pipeline: {r['choice']['why']}",
-             f"- {plan.folds} model(s), {r['epochs']} epochs = about {plan.steps} steps each; {r['minutes']} min "
-             "in all", ""]
+             f"- {plan.folds} model(s) of {r['epochs']} epochs: {' / '.join(map(str, r['steps_trained']))} steps "
+             f"(asked: {plan.steps}); {r['training_minutes']} min of training, {r['minutes']} min in this last "
+             "command", ""]
     if r["off"]:
         lines += [f"**Switched off: {', '.join(r['off'])}.** For {'this class' if len(r['off']) == 1 else 'these classes'}"
                   " predicting nothing scored better out of fold than the tuned threshold and minimum area: the bundle "
