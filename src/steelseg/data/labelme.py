@@ -1,0 +1,223 @@
+"""The ``labelme`` layout: one labelme JSON per image, anywhere below the dataset folder (beside the images,
+or in a folder of their own), reader and writer side by side.
+
+A JSON's ``imagePath`` is relative to the JSON's folder; where it does not resolve (real sets keep the JSONs in
+``label/`` beside a ``data/`` folder of images, with a bare file name), the image of that name elsewhere in the
+dataset is taken (two of that name: an error naming both). Shapes: ``polygon``, ``rectangle``, ``circle``
+(centre and a point on the circle), ``line`` / ``linestrip`` / ``point`` (no area: drawn ``line_width``
+pixels wide, :data:`LINE_WIDTH` by default, and ``steelseg info`` says so), and ``mask`` (a base64 PNG over its
+box). Class names come from the labels (sorted), or ``--class-names``. Images without a JSON in a folder
+of labelled images are defect-free. ``flags`` are ignored (the reason says so). An image is counted once: two
+JSONs naming it are an error. Nothing outside the dataset folder is read.
+
+Not yet: an image present only as the JSON's embedded ``imageData`` (save the image beside its JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steelseg.data.images import IMAGE_EXTS, copy_upright
+from steelseg.data.items import build_from_items
+from steelseg.data.registry import Layout
+from steelseg.data.shapes import fill_polygon, mask_polygons, stroke
+from steelseg.data.table import DefectDataset, progress_bar
+from steelseg.errors import DataError
+from steelseg.fsutil import atomic_json, confine
+
+__all__ = ["LINE_WIDTH", "detect", "labelme_mask", "open_labelme", "write_labelme"]
+
+LINE_WIDTH = 5  # pixels a line, linestrip or point is drawn wide (they have no area of their own)
+AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
+LINE_SHAPES = ("line", "linestrip", "point")
+SCAN_LIMIT = 200  # JSON files looked at to detect the layout
+
+
+def _jsons(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.json") if not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _is_labelme(doc: Any) -> bool:
+    return isinstance(doc, dict) and isinstance(doc.get("shapes"), list) and "imagePath" in doc
+
+
+def detect(root: Path) -> bool:
+    if not root.is_dir():
+        return False
+    for p in _jsons(root)[:SCAN_LIMIT]:
+        try:
+            if _is_labelme(json.loads(p.read_text(encoding="utf-8-sig", errors="ignore"))):
+                return True
+        except (json.JSONDecodeError, OSError):
+            continue
+    return False
+
+
+def labelme_mask(src: tuple[dict[str, Any], int], where: str, shape: tuple[int, int]) -> np.ndarray:
+    """The layout's decoder: one labelme shape (and the line width) -> bool (H, W)."""
+    s, width = src
+    kind = s.get("shape_type") or "polygon"
+    pts = np.asarray(s.get("points") or [], np.float64).reshape(-1, 2)
+    h, w = shape
+    if kind == "polygon":
+        if len(pts) < 3:
+            raise DataError(f"{where}: a polygon with {len(pts)} point(s); it needs 3 or more (or make it a line)")
+        return fill_polygon(shape, pts)
+    if kind == "rectangle":
+        (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+        return fill_polygon(shape, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+    if kind == "circle":
+        import cv2
+
+        m = np.zeros(shape, np.uint8)
+        r = int(round(float(np.hypot(*(pts[1] - pts[0])))))
+        cv2.circle(m, tuple(int(round(v)) for v in pts[0]), r, 1, -1)
+        return m.astype(bool)
+    if kind in LINE_SHAPES:
+        return stroke(shape, pts, width)
+    if kind == "mask":
+        from PIL import Image
+
+        box = np.round(pts).astype(int)
+        x0, y0 = box.min(axis=0)
+        try:
+            piece = np.asarray(Image.open(io.BytesIO(base64.b64decode(s.get("mask") or "")))).astype(bool)
+        except Exception:
+            raise DataError(f"{where}: its 'mask' is not a base64 PNG") from None
+        piece = piece if piece.ndim == 2 else piece.any(axis=-1)
+        out = np.zeros(shape, bool)
+        ph, pw = piece[: max(0, h - y0), : max(0, w - x0)].shape
+        out[y0:y0 + ph, x0:x0 + pw] = piece[:ph, :pw]
+        return out
+    raise DataError(f"{where}: shape_type {kind!r} is not one of {', '.join(AREA_SHAPES + LINE_SHAPES)}")
+
+
+def _image_index(root: Path) -> dict[str, list[Path]]:
+    index: dict[str, list[Path]] = {}
+    for p in root.rglob("*"):
+        if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not any(q.startswith(".") for q in p.relative_to(root).parts):
+            index.setdefault(p.name, []).append(p)
+    return index
+
+
+def _find_image(doc: dict[str, Any], path: Path, root: Path, index: dict[str, list[Path]]) -> Path:
+    rel = str(doc.get("imagePath") or "").replace("\\", "/")
+    cand = path.parent / rel
+    if rel and cand.is_file():
+        return confine(cand, root, "image")
+    name = Path(rel).name
+    found = index.get(name, [])
+    if len(found) > 1:
+        raise DataError(f"{path}: imagePath {rel!r} does not resolve, and the dataset holds {len(found)} images named "
+                        f"{name} ({', '.join(str(p.relative_to(root)) for p in found[:3])}); fix imagePath")
+    if found:
+        return confine(found[0], root, "image")
+    extra = " (the image is only embedded as imageData: save it beside the JSON)" if doc.get("imageData") else ""
+    raise DataError(f"{path}: image {rel!r} not found beside the JSON nor anywhere in {root}{extra}")
+
+
+def open_labelme(root: Path, class_names: list[str] | None, progress: bool,
+                 line_width: int = LINE_WIDTH) -> DefectDataset:
+    index = _image_index(root)
+    labelled: dict[Path, tuple[Path, list[tuple[dict[str, Any], str]]]] = {}
+    skipped, flags, lines = [], 0, 0
+    for path in _jsons(root):
+        doc = _load(path)
+        if not _is_labelme(doc):
+            skipped.append(str(path.relative_to(root)))
+            continue
+        img = _find_image(doc, path, root, index)
+        if img in labelled:
+            raise DataError(f"{path}: labels {img.relative_to(root)}, which {labelled[img][0]} labels too: one JSON "
+                            "an image")
+        shapes = []
+        for k, s in enumerate(doc["shapes"]):
+            if not isinstance(s, dict) or not isinstance(s.get("label"), str):
+                raise DataError(f"{path}: shape {k} has no label")
+            shapes.append((s, f"{path}: shape {k} ({s['label']})"))
+            lines += (s.get("shape_type") or "polygon") in LINE_SHAPES
+        flags += bool(doc.get("flags"))
+        labelled[img] = (path, shapes)
+    if not labelled:
+        raise DataError(f"{root}: no labelme JSON (a 'shapes' list and an 'imagePath') found")
+    names = list(class_names) if class_names else sorted({s["label"] for _, sh in labelled.values() for s, _ in sh})
+    known = {n: i for i, n in enumerate(names)}
+    entries = []
+    for img, (path, shapes) in sorted(labelled.items()):
+        items = []
+        for s, where in shapes:
+            if s["label"] not in known:
+                raise DataError(f"{where}: label {s['label']!r} is not a class ({', '.join(names)}); add it to "
+                                "--class-names or fix the label")
+            items.append((known[s["label"]], (s, line_width), where))
+        entries.append((img.relative_to(root).as_posix(), img, items))
+    folders = {img.parent for img in labelled}
+    free = sorted(p for d in folders for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not p.name.startswith(".") and p not in labelled)
+    entries += [(p.relative_to(root).as_posix(), p, []) for p in free]
+    ds = build_from_items(root, "labelme", names, entries, {}, skipped, progress, labelme_mask)
+    notes = [f"labelme: {len(labelled)} JSON file(s)"]
+    if free:
+        notes.append(f"{len(free)} image(s) without a JSON among labelled ones read as defect-free")
+    if lines:
+        notes.append(f"{lines} line / point shape(s) drawn {line_width} px wide")
+    if flags:
+        notes.append(f"flags of {flags} JSON file(s) ignored")
+    ds.reason = "; ".join(notes)
+    return ds
+
+
+def _shape(label: str, mask: np.ndarray) -> list[dict[str, Any]]:
+    """A component as a polygon, or (one with a hole, which a polygon would fill) as a mask shape over its box."""
+    import cv2
+
+    out = []
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    for i in range(1, n):
+        comp = labels == i
+        poly = mask_polygons(comp)[0]
+        filled = fill_polygon(comp.shape, poly)
+        if (filled & ~comp).sum() <= max(2, 0.02 * comp.sum()):
+            out.append({"label": label, "points": poly.tolist(), "group_id": None, "description": "",
+                        "shape_type": "polygon", "flags": {}})
+            continue
+        ys, xs = np.nonzero(comp)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(comp[y0:y1 + 1, x0:x1 + 1].astype(np.uint8) * 255).save(buf, format="PNG")
+        out.append({"label": label, "points": [[x0, y0], [x1, y1]], "group_id": None, "description": "",
+                    "shape_type": "mask", "flags": {}, "mask": base64.b64encode(buf.getvalue()).decode()})
+    return out
+
+
+def write_labelme(ds: DefectDataset, stage: Path, names: dict[str, str], progress: bool = False) -> None:
+    """Each image beside its labelme JSON: a polygon a connected component of each class (a mask shape where a
+    component has a hole), ``imageData`` null."""
+    for image_id in progress_bar(ds.image_ids, len(ds.image_ids), "converting", progress):
+        name = names[image_id]
+        copy_upright(ds.row(image_id)["path"], stage / name)
+        mask = ds.load_mask(image_id)
+        shapes = [s for c, n in enumerate(ds.class_names) for s in _shape(n, mask[..., c] > 0)]
+        atomic_json(stage / (Path(name).stem + ".json"),
+                    {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": name, "imageData": None,
+                     "imageHeight": int(mask.shape[0]), "imageWidth": int(mask.shape[1])})
+
+
+LAYOUT = Layout("labelme", lambda req: detect(req.root),
+                lambda req: open_labelme(req.root, req.class_names, req.progress), rank=1, write=write_labelme,
+                describe="labelme JSON files beside or apart from their images (labelme)")
