@@ -68,16 +68,20 @@ def switch_off(pp: Any, classes: list[int]) -> Any:
     return replace(pp, pixel_threshold=t, min_area=a)
 
 
-def _speed(runs: list[Path], data: str, names: list[str]) -> float:
-    """Images per second of the pipeline of ``runs`` on a few of the first fold's validation images."""
+def _speed_paths(run: Path, data: str, names: list[str]) -> list[str]:
+    """A few of ``run``'s validation images, the images both candidate pipelines are timed on."""
     import json
 
     from steelseg.data.open import open_dataset
+
+    ids = json.loads((run / "split.json").read_text())["val"][:SPEED_IMAGES]
+    return open_dataset(data, names).subset(ids).table["path"].tolist()
+
+
+def _speed(runs: list[Path], paths: list[str]) -> float:
+    """Images per second of the pipeline of ``runs`` on ``paths``."""
     from steelseg.inference.predictor import Predictor
 
-    ds = open_dataset(data, names)
-    ids = json.loads((runs[0] / "split.json").read_text())["val"][:SPEED_IMAGES]
-    paths = ds.subset(ids).table["path"].tolist()
     predictor = Predictor.from_models(runs)
     list(predictor.predict_paths(paths[:1]))  # warm-up
     t0 = time.perf_counter()
@@ -91,8 +95,8 @@ def _choose(runs: list[Path], cv: Any, evals: list[dict[str, Any]], plan: Plan, 
         return {"pipeline": "single", "runs": [0], "why": "one model was trained", "speed": {}}
     ap = [((e.get("detection") or {}).get("any") or {}).get("ap") or 0.0 for e in evals]
     best = max(range(len(runs)), key=lambda k: (round(float(np.mean(cv.folds[k].oof)), 6), ap[k]))
-    speed = {"single": _speed([runs[best]], plan.data, plan.class_names), "ensemble": _speed(runs, plan.data,
-                                                                                             plan.class_names)}
+    paths = _speed_paths(runs[0], plan.data, plan.class_names)  # the dataset opened once for both timings
+    speed = {"single": _speed([runs[best]], paths), "ensemble": _speed(runs, paths)}
     ens = (f"the fold ensemble ({len(runs)} models, {speed['ensemble']:.1f} images/s; it cannot be scored out of "
            "fold, as each image trained all but one of its models: ensembles average their members' errors)")
     single = (f"fold {best}'s model alone ({speed['single']:.1f} images/s; out of fold "
