@@ -231,5 +231,8 @@ def test_the_notebook_runtime_loads_no_training_stack(tmp_path):
 def test_cli_errors(capsys, tmp_path):
     expect_error(capsys, "give BUNDLE and --out", "kaggle")
     expect_error(capsys, "needs --input", "kaggle", "--rehearse", tmp_path)
-    expect_error(capsys, "missing", "kaggle", "--rehearse", tmp_path, "--input", tmp_path, "--out", tmp_path / "o")
-    expect_error(capsys, "slug", "kaggle", tmp_path, "--out", tmp_path / "k", "--user", "no spaces allowed")
+    (tmp_path / "kit").mkdir()
+    (tmp_path / "data").mkdir()
+    expect_error(capsys, "missing", "kaggle", "--rehearse", tmp_path / "kit", "--input", tmp_path / "data",
+                 "--out", tmp_path / "o")
+    expect_error(capsys, "slug", "kaggle", tmp_path / "kit", "--out", tmp_path / "k", "--user", "no spaces allowed")

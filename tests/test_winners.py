@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -107,8 +108,8 @@ def test_pseudo_label_keeps_exactly_what_the_rule_accepts_and_the_folder_trains(
     files = sorted(images.iterdir())[:12]
     pool = tmp_path / "pool"
     pool.mkdir()
-    for f in files:
-        (pool / f.name).write_bytes(f.read_bytes())
+    for f in files:  # mirrored: an unlabelled pool holds new strips, not copies of the validation images
+        Image.fromarray(np.ascontiguousarray(np.asarray(Image.open(f))[:, ::-1])).save(pool / f.name)
     pred = Predictor.from_bundle(bundle)
     want = set()
     for f, p in pred.predict_paths(sorted(pool.iterdir())):
