@@ -141,7 +141,26 @@ class RunRecorder(Callback):
                 self.meta.best = {"epoch": self.best_epoch, "monitor": self.monitor, "value": score,
                                   "metrics": {k: v for k, v in m.items() if k.startswith("val/")}}
                 write_model_json(model_dir, self.meta)
+                self._write_val_images(pl_module)
         _log_line(trainer, row)
+
+    def _write_val_images(self, pl_module: L.LightningModule) -> None:
+        """``val_predictions.csv``: the best epoch's image-level score per class (a classifier's
+        probability, a segmenter's largest pixel probability) beside the truth, one row per validation
+        image, so its AUC / AP / F1 can be checked by anyone (``steelseg`` scores them with scikit-learn)."""
+        val = getattr(pl_module, "val_images", None)
+        path = self.run_dir / "val_predictions.csv"
+        if val is None:
+            path.unlink(missing_ok=True)  # never a stale file beside a newer best model
+            return
+        ids, scores, present = val
+        names = list(getattr(pl_module, "class_names", [str(c) for c in range(scores.shape[1])]))
+        with atomic_write(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image_id", "epoch", *[f"score_{n}" for n in names], *[f"true_{n}" for n in names]])
+            for i, image_id in enumerate(ids):
+                w.writerow([image_id, self.best_epoch, *[f"{v:.6g}" for v in scores[i]],
+                            *[int(v) for v in present[i]]])
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:

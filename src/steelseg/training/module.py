@@ -63,6 +63,10 @@ class SteelsegModule(L.LightningModule):
         self.final_scale = float(getattr(self.model, "input_scale", 1.0))
         self._total_steps: int | None = None  # _run_steps(), asked of Lightning once
         self._val: list[dict[str, torch.Tensor]] = []
+        self._val_ids: list[str] = []
+        # the last validation's image-level scores: (image ids, (N, K) scores, (N, K) presence); the run
+        # recorder writes the best epoch's as val_predictions.csv (None under DDP, whose gather reorders)
+        self.val_images: tuple[list[str], np.ndarray, np.ndarray] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.train.channels_last:
@@ -164,6 +168,7 @@ class SteelsegModule(L.LightningModule):
         loss = self.loss_fn(logits, target)
         self.log("val/loss", loss, on_epoch=True, batch_size=batch["image"].shape[0], sync_dist=True)
         probs = torch.sigmoid(logits.float())
+        self._val_ids.extend(str(i) for i in batch.get("image_id", ()))
         if self.cfg.model.task == "segment":
             pred = probs > 0.5
             true = target > 0.5
@@ -181,12 +186,13 @@ class SteelsegModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val = []
+        self._val_ids = []
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
         parts = {key: torch.cat([v[key] for v in self._val]) for key in self._val[0]}
-        self._val = []
+        self._val, ids, self._val_ids = [], self._val_ids, []
         if self.trainer.world_size > 1:
             parts = {key: self.all_gather(v).flatten(0, 1) for key, v in parts.items()}
         out: dict[str, float] = {}
@@ -200,10 +206,14 @@ class SteelsegModule(L.LightningModule):
             iou = metrics.iou_from_confusion(cm)
             out["miou"] = metrics.mean_iou(cm)
             out.update({f"iou_{n}": float(v) for n, v in zip(names, iou[1:]) if np.isfinite(v)})
-            out.update(detection_ap(parts["peak"].cpu().numpy(), parts["true"].cpu().numpy() > 0, names))
+            scores, present = parts["peak"].cpu().numpy(), parts["true"].cpu().numpy() > 0
+            out.update(detection_ap(scores, present, names))
         else:
-            out.update(classification_scores(parts["probs"].cpu().numpy(), parts["labels"].cpu().numpy(), names))
-            out.update(detection_ap(parts["probs"].cpu().numpy(), parts["labels"].cpu().numpy() > 0.5, names))
+            scores, present = parts["probs"].cpu().numpy(), parts["labels"].cpu().numpy() > 0.5
+            out.update(classification_scores(scores, parts["labels"].cpu().numpy(), names))
+            out.update(detection_ap(scores, present, names))
+        whole = self.trainer.world_size == 1 and len(ids) == len(scores)
+        self.val_images = (ids, scores, present) if whole else None
         for key, value in out.items():
             if np.isfinite(value):
                 # every rank gathered the whole split: the values agree, so each rank logs them

@@ -6,6 +6,7 @@ Every run writes a folder::
       config.yaml          the resolved config
       split.json           which images trained and validated
       metrics.csv          one row per epoch (loss, Dice / AUC per class, lr, seconds)
+      val_predictions.csv  the best epoch's image-level score per class and validation image, beside the truth
       model/               model.json + best.safetensors + last.safetensors (no pickle)
       checkpoints/last.ckpt  Lightning resume state (weights, optimiser, scheduler, loop)
       tracking.json        MLflow / W&B run ids, so a resumed run logs into the same record
