@@ -87,19 +87,37 @@ def test_the_kit_holds_what_kaggle_needs(kit):
     assert (k / "bundle" / "bundle.json").is_file() and (k / "bundle" / "steelseg-kit-bundle.json").is_file()
 
 
-def test_rehearsal_offline_matches_steelseg_predict(kit, tmp_path):
-    from steelseg.kaggle import rehearse
+def _readme_line(start: str) -> list[str]:
+    """The README's command that starts with ``start``, as written (its comment cut off)."""
+    import shlex
 
-    inputs = _strips(tmp_path / "in", "old")
-    rep = rehearse(kit["kit"], inputs, tmp_path / "out")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith(start))
+    return shlex.split(line.split("#")[0])
+
+
+def test_rehearsal_offline_matches_steelseg_predict(kit, tmp_path, monkeypatch):
+    """The README's rehearsal line, run as written (relative paths) in a folder laid out as it names."""
+    import shutil
+
+    from steelseg.cli import main
+
+    args = _readme_line("steelseg kaggle --rehearse")
+    kit_dir, inputs, out = (args[args.index(flag) + 1] for flag in ("--rehearse", "--input", "--out"))
+    shutil.copytree(kit["kit"], tmp_path / kit_dir)
+    _strips(tmp_path / inputs, "old")
+    monkeypatch.chdir(tmp_path)
+    assert main(args[1:]) == 0
+    out, inputs = tmp_path / out, tmp_path / inputs
+    rep = json.loads((out / "rehearsal.json").read_text())
     assert rep["compare"]["equal"] and rep["compare"]["rows_compared"] == 12
-    with open(tmp_path / "out" / "submission.csv", newline="") as fh:
+    with open(out / "submission.csv", newline="") as fh:
         rows = list(csv.reader(fh))
     with open(inputs / "sample_submission.csv", newline="") as fh:
         sample = list(csv.reader(fh))
     assert rows[0] == sample[0] and sorted(r[0] for r in rows[1:]) == sorted(r[0] for r in sample[1:])
     assert rep["device"] == "cpu" and rep["check"]["rows"] == 12
-    image = tmp_path / "out" / "rehearsal" / "kaggle-image"  # what stood in for Kaggle's image
+    image = out / "rehearsal" / "kaggle-image"  # what stood in for Kaggle's image
     assert (image / "torch").exists() and (image / "timm").exists()
     for absent in ("segmentation_models_pytorch", "onnxruntime", "lightning", "mlflow", "steelseg"):
         assert not (image / absent).exists(), absent

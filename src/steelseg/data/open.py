@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steelseg.data import coco, folders, kaggle, labelme, mvtec, voc, yolo
+from steelseg.data import coco, cvat, folders, kaggle, labelme, mvtec, voc, yolo
 from steelseg.data.registry import Layout, OpenRequest
 from steelseg.data.table import DefectDataset, read_class_names
 from steelseg.errors import DataError
@@ -22,7 +22,8 @@ __all__ = ["LAYOUTS", "detect_layouts", "open_dataset"]
 
 # the registry: name -> layout, in the order the messages list them
 LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (kaggle.LAYOUT, voc.LAYOUT, folders.LAYOUT, folders.GROUPS,
-                                                         mvtec.LAYOUT, coco.LAYOUT, yolo.LAYOUT, labelme.LAYOUT)}
+                                                         mvtec.LAYOUT, coco.LAYOUT, yolo.LAYOUT, labelme.LAYOUT,
+                                                         cvat.LAYOUT)}
 
 
 def detect_layouts(req: OpenRequest) -> list[str]:
