@@ -24,7 +24,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-names", type=str, default=None,
                    help="comma-separated class names (default: classes.txt, the class folders or COCO "
                         "categories, 'defect' for group folders, else class1..classC)")
-    p.add_argument("--layout", default=None, choices=["kaggle", "masks", "folders", "groups", "mvtec", "coco", "yolo", "labelme", "cvat"],
+    p.add_argument("--layout", default=None, choices=["kaggle", "masks", "folders", "groups", "mvtec", "coco", "yolo", "labelme", "cvat", "labelstudio"],
                    help="force the layout when detection is ambiguous (folders or groups: when the masks do "
                         "not tell class folders from group folders)")
     p.add_argument("--free-dirs", default=None, help="folders layout: comma-separated names or glob patterns of "

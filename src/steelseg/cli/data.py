@@ -141,7 +141,7 @@ def register(sub: Any) -> None:
                                    "tools), all three lossless; or yolo (ultralytics segmentation: images/, labels/ "
                                    "with one polygon a component, data.yaml; a hole in a defect comes back filled).")
     add_data_args(p)
-    p.add_argument("--to", default="kaggle", choices=["kaggle", "masks", "coco", "yolo", "labelme", "cvat"], help="target layout (default kaggle)")
+    p.add_argument("--to", default="kaggle", choices=["kaggle", "masks", "coco", "yolo", "labelme", "cvat", "labelstudio"], help="target layout (default kaggle)")
     p.add_argument("out", type=Path, help="output folder (built beside, swapped in when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_convert, reads={"data": False})

@@ -63,7 +63,8 @@ def _coco_json(root: Path) -> Path | None:
     found = sorted(root.glob("*.json")) + sorted((root / "annotations").glob("*.json"))
     for cand in found:
         head = cand.read_text(errors="ignore")[:65536]
-        if '"annotations"' in head or '"images"' in head:
+        # a COCO file is one object; a Label Studio export, which also says "annotations", is a list
+        if head.lstrip("\ufeff \t\r\n").startswith("{") and ('"annotations"' in head or '"images"' in head):
             return cand
     return None
 

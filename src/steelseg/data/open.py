@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steelseg.data import coco, cvat, folders, kaggle, labelme, mvtec, voc, yolo
+from steelseg.data import coco, cvat, folders, kaggle, labelme, labelstudio, mvtec, voc, yolo
 from steelseg.data.registry import Layout, OpenRequest
 from steelseg.data.table import DefectDataset, read_class_names
 from steelseg.errors import DataError
@@ -23,7 +23,7 @@ __all__ = ["LAYOUTS", "detect_layouts", "open_dataset"]
 # the registry: name -> layout, in the order the messages list them
 LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (kaggle.LAYOUT, voc.LAYOUT, folders.LAYOUT, folders.GROUPS,
                                                          mvtec.LAYOUT, coco.LAYOUT, yolo.LAYOUT, labelme.LAYOUT,
-                                                         cvat.LAYOUT)}
+                                                         cvat.LAYOUT, labelstudio.LAYOUT)}
 
 
 def detect_layouts(req: OpenRequest) -> list[str]:
