@@ -1,0 +1,52 @@
+"""Every `steelseg ...` command in a fenced block of the README and of the docs pages (docs/results.md, the lab
+journal of commands as they were run, aside) parses against the CLI's argparse tree: no page shows a command
+or a flag the CLI does not have (issue #37)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "results.md")]
+
+
+def _commands() -> list[tuple[str, str]]:
+    out = []
+    for page in PAGES:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", page.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.strip()
+                for part in re.split(r"\s(?:&&|;|\|)\s", line):
+                    part = part.split(" #")[0].strip()
+                    if part.startswith("steelseg "):
+                        out.append((page.name, part))
+    return out
+
+
+def test_every_command_on_a_page_parses() -> None:
+    from steelseg.cli import build_parser
+
+    commands = _commands()
+    assert len(commands) >= 40  # the README alone shows more: the scan found its blocks
+    parser = build_parser()
+    bad = []
+    for page, cmd in commands:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                parser.parse_args(shlex.split(cmd)[1:])
+        except SystemExit as exc:
+            if exc.code:
+                bad.append(f"{page}: {cmd}: {err.getvalue().strip().splitlines()[-1]}")
+    assert not bad, "\n".join(bad)
+
+
+def test_a_wrong_flag_would_be_caught() -> None:
+    from steelseg.cli import build_parser
+
+    with contextlib.redirect_stderr(io.StringIO()), __import__("pytest").raises(SystemExit):
+        build_parser().parse_args(["predict", "b", "imgs", "--out", "o", "--no-such-flag"])
