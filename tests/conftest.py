@@ -77,6 +77,19 @@ def cli_run(capsys, *args: object) -> tuple[int, str, str]:
     return rc, out, err
 
 
+def round_trip_ious(src, back, back_id=lambda image_id: image_id) -> list[float]:
+    """IoU per (image, class) mask of a dataset converted and read back; a mask must come back present exactly
+    where it was (``back_id`` maps an image id to the converted set's)."""
+    ious = []
+    for image_id in src.image_ids:
+        a, b = src.load_mask(image_id) > 0, back.load_mask(back_id(image_id)) > 0
+        for c in range(src.num_classes):
+            assert a[..., c].any() == b[..., c].any(), (image_id, c)
+            if a[..., c].any():
+                ious.append(float((a[..., c] & b[..., c]).sum() / (a[..., c] | b[..., c]).sum()))
+    return ious
+
+
 def expect_error(capsys, pattern: str, *args: object, code: int = 2, clean: bool = False) -> str:
     """Run the command and check the rules of the bad-input corpus: exit ``code``, exactly one ``error:``
     line holding ``pattern``, no "unexpected"; with ``clean`` no traceback anywhere on stderr either (off

@@ -14,7 +14,7 @@ from steelseg.data.cvat import LINE_WIDTH, cvat_rle_decode, cvat_rle_encode
 from steelseg.data.open import open_dataset
 from steelseg.errors import DataError
 
-from .conftest import cli_run, expect_error
+from .conftest import cli_run, expect_error, round_trip_ious
 
 H, W = 60, 80
 
@@ -103,11 +103,5 @@ def test_convert_to_cvat_and_back(tmp_path: Path, synth_small: Path, capsys) -> 
     src = open_dataset(synth_small)
     back = open_dataset(tmp_path / "cv")
     assert back.layout == "cvat" and back.class_names == src.class_names
-    ious = []
-    for image_id in src.image_ids:
-        a, b = src.load_mask(image_id) > 0, back.load_mask(image_id) > 0
-        for c in range(src.num_classes):
-            assert a[..., c].any() == b[..., c].any()
-            if a[..., c].any():
-                ious.append(float((a[..., c] & b[..., c]).sum() / (a[..., c] | b[..., c]).sum()))
+    ious = round_trip_ious(src, back)
     assert min(ious) >= 0.85 and np.mean(ious) >= 0.95, (min(ious), np.mean(ious))

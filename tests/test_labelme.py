@@ -17,7 +17,7 @@ from steelseg.data.labelme import LINE_WIDTH
 from steelseg.data.open import open_dataset
 from steelseg.errors import DataError
 
-from .conftest import cli_run, expect_error
+from .conftest import cli_run, expect_error, round_trip_ious
 
 H, W = 60, 80
 
@@ -99,13 +99,7 @@ def test_convert_to_labelme_and_back(tmp_path: Path, synth_small: Path, capsys) 
     src_names = src.class_names
     back = open_dataset(tmp_path / "lm", src_names)
     assert back.layout == "labelme" and back.class_names == src_names
-    ious = []
-    for image_id in src.image_ids:
-        a, b = src.load_mask(image_id) > 0, back.load_mask(image_id) > 0
-        for c in range(src.num_classes):
-            assert a[..., c].any() == b[..., c].any()
-            if a[..., c].any():
-                ious.append(float((a[..., c] & b[..., c]).sum() / (a[..., c] | b[..., c]).sum()))
+    ious = round_trip_ious(src, back)
     assert min(ious) >= 0.85 and np.mean(ious) >= 0.95, (min(ious), np.mean(ious))
 
 

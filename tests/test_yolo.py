@@ -13,7 +13,7 @@ from PIL import Image
 from steelseg.data.open import open_dataset
 from steelseg.errors import DataError
 
-from .conftest import cli_run, expect_error
+from .conftest import cli_run, expect_error, round_trip_ious
 
 
 def _yolo_set(root: Path, names: object = ("scratch", "pit"), yaml_extra: str = "") -> Path:
@@ -49,24 +49,13 @@ def test_a_yolo_set_reads_with_known_masks(tmp_path: Path) -> None:
     assert by_dict.class_names == ["scratch", "pit"]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
-
-
 def test_convert_to_yolo_and_back(tmp_path: Path, synth_small: Path, capsys) -> None:
     """Every mask comes back with IoU >= 0.85 (polygonisation: outer contours; holes fill in)."""
     rc, _, err = cli_run(capsys, "convert", synth_small, tmp_path / "y", "--to", "yolo")
     assert rc == 0, err
     src, back = open_dataset(synth_small), open_dataset(tmp_path / "y")
     assert back.layout == "yolo" and back.class_names == src.class_names
-    ious = []
-    for image_id in src.image_ids:
-        a = src.load_mask(image_id) > 0
-        b = back.load_mask(f"images/train/{image_id}") > 0
-        for c in range(src.num_classes):
-            assert a[..., c].any() == b[..., c].any(), (image_id, c)
-            if a[..., c].any():
-                ious.append(_iou(a[..., c], b[..., c]))
+    ious = round_trip_ious(src, back, lambda image_id: f"images/train/{image_id}")
     assert min(ious) >= 0.85 and np.mean(ious) >= 0.95, (min(ious), np.mean(ious))
 
 

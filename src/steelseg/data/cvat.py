@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from steelseg.data.images import copy_upright
+from steelseg.data.images import copy_upright, image_index
 from steelseg.data.items import build_from_items
 from steelseg.data.registry import Layout
-from steelseg.data.shapes import fill_polygon, mask_polygons, stroke
+from steelseg.data.shapes import components, fill_polygon, stroke
 from steelseg.data.table import DefectDataset, progress_bar
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_write, confine
@@ -141,14 +141,14 @@ def cvat_mask(src: tuple[dict[str, str], int, list[tuple[dict[str, str], str]]],
     return m
 
 
-def _image_path(name: str, root: Path, xml: Path, index: dict[str, list[Path]] | None) -> Path:
+def _image_path(name: str, root: Path, xml: Path, index: dict[str, list[Path]]) -> Path:
+    """The image an ``<image name=...>`` names: the path below the folder, else the one image of that file
+    name (``index``, filled on first need: most exports resolve without it)."""
     cand = root / name
     if name and cand.is_file():
         return confine(cand, root, "image")
-    if index is None:
-        from steelseg.data.labelme import _image_index
-
-        index = _image_index(root)
+    if not index:
+        index.update(image_index(root))
     found = index.get(Path(name).name, [])
     if len(found) == 1:
         return confine(found[0], root, "image")
@@ -185,7 +185,7 @@ def open_cvat(root: Path, class_names: list[str] | None, progress: bool, line_wi
     names = list(class_names) if class_names else (
         list(dict.fromkeys(task_labels)) or sorted({a["label"] for _, sh in shapes_of for a in sh}))
     known = {n: i for i, n in enumerate(names)}
-    entries, seen, index = [], set(), None
+    entries, seen, index = [], set(), {}
     for el, shapes in progress_bar(shapes_of, len(shapes_of), "reading CVAT", progress):
         name = (el.get("name") or "").replace("\\", "/")
         path = _image_path(name, root, xml, index)
@@ -212,22 +212,16 @@ def open_cvat(root: Path, class_names: list[str] | None, progress: bool, line_wi
 
 def _shapes_xml(label: str, mask: np.ndarray) -> list[str]:
     """A component as a polygon, or (one with a hole) as a CVAT mask over its box."""
-    import cv2
     from xml.sax.saxutils import quoteattr
 
     out = []
-    n, comps = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    for i in range(1, n):
-        comp = comps == i
-        poly = mask_polygons(comp)[0]
-        if (fill_polygon(comp.shape, poly) & ~comp).sum() <= max(2, 0.02 * comp.sum()):
+    for poly, (x0, y0, x1, y1), piece in components(mask):
+        if poly is not None:
             pts = ";".join(f"{x:.2f},{y:.2f}" for x, y in poly)
             out.append(f'    <polygon label={quoteattr(label)} source="steelseg" occluded="0" points="{pts}" '
                        'z_order="0"/>')
             continue
-        ys, xs = np.nonzero(comp)
-        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-        rle = ", ".join(str(v) for v in cvat_rle_encode(comp[y0:y1 + 1, x0:x1 + 1]))
+        rle = ", ".join(str(v) for v in cvat_rle_encode(piece))
         out.append(f'    <mask label={quoteattr(label)} source="steelseg" occluded="0" rle="{rle}" left="{x0}" '
                    f'top="{y0}" width="{x1 - x0 + 1}" height="{y1 - y0 + 1}" z_order="0"/>')
     return out

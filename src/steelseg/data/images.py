@@ -35,6 +35,7 @@ __all__ = [
     "FORMATS",
     "IMAGE_EXTS",
     "InputSpec",
+    "image_index",
     "image_size",
     "list_images",
     "max_pixels",
@@ -48,6 +49,16 @@ __all__ = [
 ]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def image_index(root: Path) -> dict[str, list[Path]]:
+    """File name -> every image of that name below ``root`` (hidden folders skipped): how the labelling
+    tools' exports, which name images by file name, find them."""
+    index: dict[str, list[Path]] = {}
+    for p in root.rglob("*"):
+        if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not any(q.startswith(".") for q in p.relative_to(root).parts):
+            index.setdefault(p.name, []).append(p)
+    return index
 FORMATS = ("JPEG", "PNG", "BMP", "TIFF")  # what Pillow calls the formats of IMAGE_EXTS
 MAX_PIXELS_ENV = "STEELSEG_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 40_000_000  # about 100x a Severstal strip; bounds decoding memory

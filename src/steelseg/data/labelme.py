@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from steelseg.data.images import IMAGE_EXTS, copy_upright
+from steelseg.data.images import IMAGE_EXTS, copy_upright, image_index
 from steelseg.data.items import build_from_items
 from steelseg.data.registry import Layout
-from steelseg.data.shapes import fill_polygon, mask_polygons, stroke
+from steelseg.data.shapes import components, fill_polygon, stroke
 from steelseg.data.table import DefectDataset, progress_bar
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, confine
@@ -105,14 +105,6 @@ def labelme_mask(src: tuple[dict[str, Any], int], where: str, shape: tuple[int, 
     raise DataError(f"{where}: shape_type {kind!r} is not one of {', '.join(AREA_SHAPES + LINE_SHAPES)}")
 
 
-def _image_index(root: Path) -> dict[str, list[Path]]:
-    index: dict[str, list[Path]] = {}
-    for p in root.rglob("*"):
-        if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not any(q.startswith(".") for q in p.relative_to(root).parts):
-            index.setdefault(p.name, []).append(p)
-    return index
-
-
 def _find_image(doc: dict[str, Any], path: Path, root: Path, index: dict[str, list[Path]]) -> Path:
     rel = str(doc.get("imagePath") or "").replace("\\", "/")
     cand = path.parent / rel
@@ -131,7 +123,7 @@ def _find_image(doc: dict[str, Any], path: Path, root: Path, index: dict[str, li
 
 def open_labelme(root: Path, class_names: list[str] | None, progress: bool,
                  line_width: int = LINE_WIDTH) -> DefectDataset:
-    index = _image_index(root)
+    index = image_index(root)
     labelled: dict[Path, tuple[Path, list[tuple[dict[str, Any], str]]]] = {}
     skipped, flags, lines = [], 0, 0
     for path in _jsons(root):
@@ -182,24 +174,16 @@ def open_labelme(root: Path, class_names: list[str] | None, progress: bool,
 
 def _shape(label: str, mask: np.ndarray) -> list[dict[str, Any]]:
     """A component as a polygon, or (one with a hole, which a polygon would fill) as a mask shape over its box."""
-    import cv2
+    from PIL import Image
 
     out = []
-    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    for i in range(1, n):
-        comp = labels == i
-        poly = mask_polygons(comp)[0]
-        filled = fill_polygon(comp.shape, poly)
-        if (filled & ~comp).sum() <= max(2, 0.02 * comp.sum()):
+    for poly, (x0, y0, x1, y1), piece in components(mask):
+        if poly is not None:
             out.append({"label": label, "points": poly.tolist(), "group_id": None, "description": "",
                         "shape_type": "polygon", "flags": {}})
             continue
-        ys, xs = np.nonzero(comp)
-        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-        from PIL import Image
-
         buf = io.BytesIO()
-        Image.fromarray(comp[y0:y1 + 1, x0:x1 + 1].astype(np.uint8) * 255).save(buf, format="PNG")
+        Image.fromarray(piece.astype(np.uint8) * 255).save(buf, format="PNG")
         out.append({"label": label, "points": [[x0, y0], [x1, y1]], "group_id": None, "description": "",
                     "shape_type": "mask", "flags": {}, "mask": base64.b64encode(buf.getvalue()).decode()})
     return out

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
-from steelseg.data.images import copy_upright
+from steelseg.data.images import copy_upright, image_index
 from steelseg.data.items import build_from_items
 from steelseg.data.registry import Layout
 from steelseg.data.shapes import fill_polygon
@@ -182,8 +182,6 @@ def _task_image(task: dict[str, Any], where: str) -> str:
 
 
 def open_labelstudio(root: Path, class_names: list[str] | None, progress: bool) -> DefectDataset:
-    from steelseg.data.labelme import _image_index
-
     files = _exports(root)
     if len(files) > 1:
         raise DataError(f"{root}: {len(files)} Label Studio exports ({', '.join(p.name for p in files)}); keep one")
@@ -194,7 +192,7 @@ def open_labelstudio(root: Path, class_names: list[str] | None, progress: bool) 
         raise DataError(f"{export}: not valid JSON ({exc})") from None
     if not isinstance(tasks, list) or not all(isinstance(t, dict) and "data" in t for t in tasks):
         raise DataError(f"{export}: not a Label Studio JSON export (a list of tasks with 'data' and 'annotations')")
-    index = _image_index(root)
+    index = image_index(root)
     picked, seen, several = [], {}, 0
     for k, task in enumerate(tasks):
         where = f"{export.name}: task {task.get('id', k)}"

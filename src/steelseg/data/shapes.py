@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fill_polygon", "mask_polygons", "stroke"]
+__all__ = ["components", "fill_polygon", "mask_polygons", "stroke"]
 
 
 def _pts(points: np.ndarray) -> np.ndarray:
@@ -54,4 +54,22 @@ def mask_polygons(mask: np.ndarray, min_points: int = 3) -> list[np.ndarray]:
             x1, y1 = pts.max(axis=0)
             pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
         out.append(pts)
+    return out
+
+
+def components(mask: np.ndarray) -> list[tuple[np.ndarray | None, tuple[int, int, int, int], np.ndarray]]:
+    """Each 8-connected component of a bool (H, W) mask as (polygon, box, piece) for the polygon formats'
+    writers: ``polygon`` its outer contour, or None where filling that contour would add more than
+    max(2 px, 2%) (a hole: write ``piece``, the component inside its ``box`` x0, y0, x1, y1, as a mask)."""
+    import cv2
+
+    out = []
+    n, labels = cv2.connectedComponents(np.ascontiguousarray(mask, np.uint8), connectivity=8)
+    for i in range(1, n):
+        comp = labels == i
+        poly = mask_polygons(comp)[0]
+        ys, xs = np.nonzero(comp)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        holed = (fill_polygon(comp.shape, poly) & ~comp).sum() > max(2, 0.02 * comp.sum())
+        out.append((None if holed else poly, (x0, y0, x1, y1), comp[y0:y1 + 1, x0:x1 + 1]))
     return out
