@@ -10,7 +10,7 @@ DEMO ?= runs/demo
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,serve,export,openvino,pretrained,kaggle,tiramisu]"
+	$(PY) -m pip install -q -e ".[dev,serve,export,openvino,pretrained,kaggle,tiramisu,line]"
 	touch $(STAMP)
 
 setup: $(STAMP)

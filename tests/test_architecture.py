@@ -28,10 +28,11 @@ ALLOWED = {
     "training": {GROUND, "data", "models"},
     "inference": {GROUND, "data", "models"},
     "serve": {GROUND, "data", "models", "inference"},
+    "line": {GROUND, "data", "models", "inference"},
     "kaggle": {GROUND, "data", "models", "inference"},
     "reports": {GROUND, "data", "models", "training", "inference"},
     "planning": {GROUND, "data", "models", "training", "inference", "reports"},
-    "cli": {GROUND, "data", "models", "training", "inference", "serve", "reports", "kaggle", "planning"},
+    "cli": {GROUND, "data", "models", "training", "inference", "serve", "line", "reports", "kaggle", "planning"},
     "demo": {GROUND, "cli"},
 }
 MAX_MODULE_LINES = 450

@@ -112,3 +112,35 @@ def test_a_json_of_another_tool_is_skipped_not_read(tmp_path: Path) -> None:
         from steelseg.data.labelme import open_labelme
 
         open_labelme(tmp_path / "lm" / "data", None, False)
+
+
+def test_an_image_only_embedded_as_image_data_is_read_once(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("STEELSEG_CACHE", str(tmp_path / "cache"))
+    root = _set(tmp_path / "emb")
+    doc = json.loads((root / "label" / "a.json").read_text())
+    pixels = np.asarray(Image.open(root / "data" / "a.png"))
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    doc["imageData"] = base64.b64encode(buf.getvalue()).decode()
+    (root / "label" / "a.json").write_text(json.dumps(doc))
+    on_disk = open_dataset(root)  # the file on disk wins: one image, not two
+    assert sorted(on_disk.image_ids) == ["data/a.png", "data/b.png"] and "embedded" not in on_disk.reason
+    (root / "data" / "a.png").unlink()
+    ds = open_dataset(root)
+    # its id: the JSON's folder and the imagePath name; data/b.png no longer sits among labelled images
+    assert ds.image_ids == ["label/a.png"] and "1 image(s) read from their JSON's embedded" in ds.reason
+    assert np.array_equal(ds.load_image("label/a.png", None), pixels)
+    assert np.array_equal(ds.load_mask("label/a.png"), on_disk.load_mask("data/a.png"))
+    doc["imageData"] = "not base64 at all!"
+    (root / "label" / "a.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="imageData is not a base64 image"):
+        open_dataset(root)
+
+
+def test_line_width_is_an_option(tmp_path: Path, capsys) -> None:
+    root = _set(tmp_path / "w")
+    rc, out, err = cli_run(capsys, "info", root, "--line-width", "9")
+    assert rc == 0 and "drawn 9 px wide" in out, (out, err)
+    crack = open_dataset(root, options={"line_width": 9}).load_mask("data/a.png")[..., 0] > 0
+    assert crack[55 - 4, 20] and not crack[55 - 6, 20]
+    expect_error(capsys, "line_width 0", "info", root, "--line-width", "0")

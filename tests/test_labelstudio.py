@@ -108,8 +108,14 @@ def test_traps_are_refused_with_the_task(tmp_path: Path, capsys) -> None:
 
     write(lambda t: t[0]["annotations"][1]["result"][0]["value"].update(points=[[1, 1], [2, 2]]))
     expect_error(capsys, "3 or more", "info", root)
-    write(lambda t: t[0]["annotations"][1]["result"][0].update(image_rotation=90))
-    expect_error(capsys, "image_rotation", "info", root)
+    write(lambda t: None)
+    plain = open_dataset(root).load_mask("imgs/a.png")
+    write(lambda t: t[0]["annotations"][1]["result"][0].update(image_rotation=90))  # drawn on a turned view
+    turned = open_dataset(root)
+    assert "1 result(s) drawn on a rotated view" in turned.reason
+    assert (turned.load_mask("imgs/a.png") == plain).all()  # stored in the image's own frame: read as it is
+    write(lambda t: t[0]["annotations"][1]["result"][0].update(image_rotation=90, original_width=H, original_height=W))
+    expect_error(capsys, "coordinates are in the rotated view", "info", root)
     write(lambda t: t[0]["data"].update(image="/data/upload/3/ffff0000-gone.png"))
     expect_error(capsys, "not found", "info", root)
     write(lambda t: None)

@@ -21,6 +21,8 @@ from steelseg.inference.predictor import Predictor
 from steelseg.inference.submission import read_submission
 from steelseg.training.config import load_config
 
+from .conftest import round_trip_ious
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -82,8 +84,10 @@ def test_tune_reuses_saved_predictions(bundle, trained_run, trained_classifier, 
 def test_predict_submission_valid_and_rescored(bundle, test_set, tmp_path) -> None:
     out = tmp_path / "pred"
     assert main(["predict", str(bundle), str(test_set / "train_images"), "--out", str(out), "--overlays",
-                 "--labels", str(test_set)]) == 0
+                 "--labels", str(test_set), "--format", "labelme,yolo,cvat,labelstudio"]) == 0
     rows = read_submission(out / "submission.csv")
+    _preannotations_read_back_as_the_submission(out, test_set / "train_images",
+                                                json.loads((out / "predict.json").read_text())["class_names"])
     ds = open_dataset(test_set)
     assert sorted((r[0], r[2]) for r in rows) == sorted((i, c) for i in ds.image_ids for c in range(1, 5))
     pred = np.zeros((len(ds.image_ids), 64, 320, 4), np.uint8)
@@ -100,6 +104,35 @@ def test_predict_submission_valid_and_rescored(bundle, test_set, tmp_path) -> No
     assert rescored == pytest.approx(json.loads((out / "predict.json").read_text())["dice"])
     assert len(list((out / "overlays").glob("*.png"))) == 10
     assert (ev / "per_image.csv").is_file() and "classifier" in reported
+
+
+def _preannotations_read_back_as_the_submission(out: Path, images: Path, names: list[str]) -> None:
+    """Each tool's folder reads back as the submission's masks, up to polygons (issue #39)."""
+    from steelseg.data.kaggle import rle_dataset
+
+    sub = rle_dataset(images, out / "submission.csv", {p.name: p for p in sorted(images.iterdir())}, names)
+    for fmt in ("labelme", "yolo", "cvat", "labelstudio"):
+        back = open_dataset(out / fmt, names)
+        assert back.layout == fmt and len(back.table) == len(sub.table)
+        ids = {Path(i).name: i for i in back.image_ids}
+        ious = round_trip_ious(sub, back, lambda image_id: ids[image_id])
+        assert not ious or (min(ious) >= 0.85 and np.mean(ious) >= 0.95), (fmt, min(ious), np.mean(ious))
+
+
+def test_preannotations_carry_the_submissions_masks(synth_small, tmp_path) -> None:
+    """predict --format's writer on a submission with known masks (the synthetic set's own rows)."""
+    from steelseg.inference.predict import write_preannotations
+
+    out = tmp_path / "pred"
+    out.mkdir()
+    shutil.copyfile(synth_small / "train.csv", out / "submission.csv")  # ImageId,ClassId,EncodedPixels: read alike
+    images = synth_small / "train_images"
+    names = open_dataset(synth_small).class_names
+    assert open_dataset(synth_small).presence().sum() > 10
+    done = write_preannotations(out, images, {p.name: p for p in sorted(images.iterdir())}, names,
+                                ["labelme", "yolo", "cvat", "labelstudio"])
+    assert sorted(done) == ["cvat", "labelme", "labelstudio", "yolo"]
+    _preannotations_read_back_as_the_submission(out, images, names)
 
 
 def test_predictor_api_gating_tta_ensemble(trained_run, trained_classifier, test_set) -> None:

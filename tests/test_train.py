@@ -328,7 +328,7 @@ def test_kill_and_resume(synth_small, tmp_path) -> None:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == int(read_metrics(run)[-1]["step"])  # resumed, not restarted
     assert state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 6  # written at epoch 6's end
-    model, meta = load_model(run / "model", which="last")
+    _, meta = load_model(run / "model", which="last")
     assert meta.epochs_trained == 6
     # the best epoch's record survives kill -9 + resume (it travels in the resume checkpoint)
     rows = read_metrics(run)
@@ -359,34 +359,6 @@ def test_bad_config_fails_before_training(synth_small, tmp_path) -> None:
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "train.epochs: expected int" in out and "Traceback" not in out
     assert not (Path.cwd() / "runs" / "ten").exists()
-
-
-@pytest.mark.slow
-def test_tiny_segmenter_beats_trivial_masks(tmp_path) -> None:
-    """A real learning check on held-out images: the trained model's pixel Dice (defect pixels over
-    the whole set) beats both trivial answers, all-empty (0) and all-defect (2p / (1 + p)).
-    (Kaggle Dice against all-empty was a coin flip for a 20-epoch tiny model: 85% of its pairs are
-    empty, so a few false-positive pixels decide it, and CPU training is not bit-reproducible.)"""
-    from steelseg.data.open import open_dataset
-    from steelseg.data.samples import SegmentationSamples
-    from steelseg.data.synth import SynthConfig, make_dataset
-
-    data = make_dataset(tmp_path / "train", SynthConfig(images=120, seed=5, height=64, width=320))
-    held = open_dataset(make_dataset(tmp_path / "held", SynthConfig(images=48, seed=99, height=64, width=320)))
-    result = fit(tiny_cfg(data, tmp_path, "model.kwargs={decoder_channels: [64, 32, 16, 16, 16]}",
-                          "train.epochs=20", "train.lr=0.01", "train.seed=0"))
-    model, _ = load_model(result.run_dir / "model", which="last")
-    samples = SegmentationSamples(held)
-    batch = [samples[i] for i in range(len(samples))]
-    with torch.no_grad():
-        probs = torch.sigmoid(model(torch.from_numpy(np.stack([b["image"] for b in batch])))).numpy()
-    pred = probs > 0.5
-    true = np.stack([b["mask"] for b in batch]) > 0.5
-    p = float(true.mean())
-    assert 0 < p < 0.5
-    dice = 2 * float((pred & true).sum()) / float(pred.sum() + true.sum())
-    all_defect = 2 * p / (1 + p)
-    assert dice > max(0.1, all_defect + 0.05), (dice, all_defect)
 
 
 def test_runs_table_and_compare(synth_small, tmp_path, capsys) -> None:

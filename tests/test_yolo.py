@@ -90,3 +90,17 @@ def test_roboflow_paths_and_nothing_read_outside(tmp_path: Path, capsys) -> None
     with pytest.raises(DataError, match="names"):
         (root / "data.yaml").write_text("train: images/train\n")
         open_dataset(root, layout="yolo")
+
+
+def test_box_only_lines_are_boxes_when_asked(tmp_path: Path, capsys) -> None:
+    root = _yolo_set(tmp_path / "b")
+    (root / "labels" / "train" / "b.txt").write_text("1 0.5 0.5 0.25 0.5\n")  # a box: x 30..50, y 15..45
+    expect_error(capsys, "--boxes", "info", root)
+    rc, out, err = cli_run(capsys, "info", root, "--boxes")
+    assert rc == 0, err
+    ds = open_dataset(root, options={"boxes": True})
+    assert ds.options == {"boxes": True}
+    box = ds.load_mask("images/train/b.png")[..., 1] > 0
+    assert box[16:44, 31:49].all() and not box[:, :29].any() and not box[:, 51:].any()
+    with pytest.raises(DataError, match="layout option 'box'"):
+        open_dataset(root, options={"box": True})

@@ -21,8 +21,8 @@ from typing import IO, Any
 
 from steelseg.errors import DataError
 
-__all__ = ["MARKER", "TMP_TAG", "atomic_json", "atomic_text", "atomic_write", "check_writable_dir", "clean_stale",
-           "guard_output", "refuse_existing", "staged_dir"]
+__all__ = ["MARKER", "TMP_TAG", "atomic_json", "atomic_text", "atomic_write", "cache_dir", "check_writable_dir",
+           "clean_stale", "confine", "guard_output", "refuse_existing", "staged_dir"]
 
 TMP_TAG = ".steelseg-"  # in the name of every temporary file or folder steelseg makes: only those are cleaned up
 MARKER = ".steelseg-output"  # in every folder staged_dir makes: only such folders are replaced
@@ -167,11 +167,23 @@ def _umask() -> int:
     return mask
 
 
+def cache_dir(part: str = "") -> Path:
+    """steelseg's own cache (``$STEELSEG_CACHE``, else ``~/.cache/steelseg``), or a folder in it."""
+    root = os.environ.get("STEELSEG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "steelseg")
+    return Path(root) / part if part else Path(root)
+
+
+EMBEDDED = "embedded"  # cache_dir(EMBEDDED): images steelseg decoded from a label file (labelme imageData)
+
+
 def confine(path: str | Path, root: str | Path, what: str = "file") -> Path:
     """``path`` itself when it lies inside ``root`` once links are followed; else a DataError. A dataset
     never makes steelseg read, train on or copy a file outside its folder (a COCO ``file_name`` of
-    ``../x.png``, an absolute path, a link that leads out)."""
+    ``../x.png``, an absolute path, a link that leads out). The one exception is what steelseg itself
+    decoded from a label file inside the dataset into ``cache_dir(EMBEDDED)``."""
     real, base = os.path.realpath(path), os.path.realpath(root)
+    if _within(real, os.path.realpath(cache_dir(EMBEDDED))):
+        return Path(path)
     if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
         raise DataError(f"{path}: {what} resolves to {real}, outside the dataset folder {base}; keep images and "
                         "masks inside the dataset folder (copy them in, or open the folder that holds them)")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["add_backend_args", "add_data_args", "add_pipeline_args", "add_tile_args", "class_names", "device",
-           "open_data", "table"]
+           "layout_options", "open_data", "table"]
 
 
 def class_names(value: str | None) -> list[str] | None:
@@ -30,13 +30,28 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--free-dirs", default=None, help="folders layout: comma-separated names or glob patterns of "
                    "the defect-free folders (default: good, ok, ok_*, *_ok, free, *_free, normal, defect_free, "
                    "clean, no_defect*, ...)")
+    p.add_argument("--line-width", type=int, default=None, metavar="PX",
+                   help="labelme, cvat: pixels a line, polyline or point shape is drawn wide (they have no area; "
+                        "default 5; `info` counts the shapes drawn)")
+    p.add_argument("--boxes", action="store_true",
+                   help="yolo: read box-only label lines (5 columns) as filled boxes instead of refusing them")
+
+
+def layout_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--line-width / --boxes as open_dataset's options (data.layout_options in a config)."""
+    out: dict[str, Any] = {}
+    if getattr(args, "line_width", None) is not None:
+        out["line_width"] = args.line_width
+    if getattr(args, "boxes", False):
+        out["boxes"] = True
+    return out
 
 
 def open_data(args: argparse.Namespace, progress: bool = False) -> Any:
     from steelseg.data.open import open_dataset
 
     return open_dataset(args.data, class_names(args.class_names), progress=progress, layout=args.layout,
-                        free_dirs=class_names(args.free_dirs))
+                        free_dirs=class_names(args.free_dirs), options=layout_options(args))
 
 
 def add_pipeline_args(p: argparse.ArgumentParser, nargs: str) -> None:

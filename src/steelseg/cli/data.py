@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steelseg.cli.common import add_data_args, class_names, open_data, table
+from steelseg.cli.common import add_data_args, class_names, layout_options, open_data, table
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -107,7 +107,7 @@ def cmd_eda(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / ("eda-" + Path(args.data).resolve().name)
     s = run_eda(args.data, out, class_names(args.class_names), args.sample, args.seed, progress=sys.stderr.isatty(),
-                layout=args.layout, free_dirs=class_names(args.free_dirs))
+                layout=args.layout, free_dirs=class_names(args.free_dirs), options=layout_options(args))
     print(f"{s['images']} images, {100 * s['defect_free_share']:.1f}% defect-free, "
           f"all-empty Kaggle Dice {s['all_empty_dice']:.4f}")
     print(f"report: {Path(out) / 'index.html'}\nnumbers: {Path(out) / 'summary.json'}")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from steelseg.cli.common import add_data_args, class_names
+from steelseg.cli.common import add_data_args, class_names, layout_options
 
 FIT_EPILOG = """examples:
   steelseg plan data/line3 --minutes 30 --out plan.yaml     # what fit would do, and why
@@ -44,7 +44,8 @@ def _options(args: argparse.Namespace) -> Any:
     if args.folds is not None and args.folds < 1:
         raise ConfigError(f"--folds {args.folds}: must be >= 1")
     return FitOptions(minutes=args.minutes, steps=args.steps, folds=args.folds, pins=parse_pins(args.set or []),
-                      class_names=class_names(args.class_names), layout=args.layout, probe=not args.no_probe,
+                      class_names=class_names(args.class_names), layout=args.layout, layout_options=layout_options(args),
+                      probe=not args.no_probe,
                       ensemble=getattr(args, "ensemble", "auto"), min_speed=getattr(args, "min_speed", None))
 
 

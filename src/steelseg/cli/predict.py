@@ -211,7 +211,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     res = predict_folder(args.bundle, args.images, args.out, args.overlays, args.labels, tta,
                          device(args.device), progress=sys.stderr.isatty(), backend=args.backend,
                          threads=args.threads, recursive=args.recursive, tile=args.tile, overlap=args.overlap,
-                         prefetch={"on": True, "off": False}.get(args.prefetch), on_error=args.on_error)
+                         prefetch={"on": True, "off": False}.get(args.prefetch), on_error=args.on_error,
+                         formats=class_names(args.format) or ())
     if res["skipped_files"]:
         print(f"skipped {len(res['skipped_files'])} file(s) or folder(s) that are not images "
               f"(all listed in predict.json): {', '.join(res['skipped_files'][:20])}"
@@ -219,6 +220,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"wrote {res['submission']} ({res['images']} images x {len(res['class_names'])} classes)")
     if "dice" in res:
         print(f"kaggle dice against --labels: {res['dice']:.4f}")
+    for fmt, where in res.get("formats", {}).items():
+        print(f"wrote {fmt} pre-annotations: {where} (open it with `steelseg info {where}`, or import it into {fmt})")
     if res["skipped_images"]:
         for s in res["skipped_images"][:20]:
             print(f"skipped {s['image']}: {s['reason']}", file=sys.stderr)
@@ -372,6 +375,10 @@ def register(sub: Any) -> None:
                    help="read subfolders too (ImageId is then the path under IMAGES, e.g. line2/a.jpg)")
     p.add_argument("--prefetch", default="auto", choices=["auto", "on", "off"], help="decode the next images in a "
                    "thread while the model runs (auto: on with more than 2 cores; bench/predict_stream.py measures it)")
+    p.add_argument("--format", default=None, metavar="F[,F...]",
+                   help="also write the predictions as pre-annotations for a labelling tool, in OUT/<format> with the "
+                        "images: labelme, yolo, cvat, labelstudio (or coco, masks); comma-separated for several. "
+                        "Import the folder into the tool and correct what the model got wrong")
     add_tile_args(p, "default: the bundle's setting, else whole images")
     add_backend_args(p)
     p.set_defaults(func=cmd_predict, reads={"bundle": False, "images": False, "labels": False})

@@ -23,7 +23,7 @@ import numpy as np
 from steelseg.data.images import copy_upright, image_index
 from steelseg.data.items import build_from_items
 from steelseg.data.registry import Layout
-from steelseg.data.shapes import components, fill_polygon, stroke
+from steelseg.data.shapes import LINE_WIDTH, components, fill_polygon, stroke
 from steelseg.data.table import DefectDataset, progress_bar
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_write, confine
@@ -32,7 +32,6 @@ __all__ = ["FILE", "LINE_WIDTH", "cvat_mask", "cvat_rle_decode", "cvat_rle_encod
            "write_cvat"]
 
 FILE = "annotations.xml"
-LINE_WIDTH = 5
 AREA_SHAPES = ("polygon", "box", "ellipse", "mask")
 LINE_SHAPES = ("polyline", "points")
 
@@ -249,5 +248,6 @@ def write_cvat(ds: DefectDataset, stage: Path, names: dict[str, str], progress: 
         fh.write("\n".join(lines) + "\n")
 
 
-LAYOUT = Layout("cvat", lambda req: detect(req.root), lambda req: open_cvat(req.root, req.class_names, req.progress),
+LAYOUT = Layout("cvat", lambda req: detect(req.root), 
+                lambda req: open_cvat(req.root, req.class_names, req.progress, req.line_width or LINE_WIDTH),
                 rank=1, write=write_cvat, describe=f"a CVAT for images 1.1 export ({FILE} beside the images)")

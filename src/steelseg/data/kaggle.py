@@ -21,7 +21,7 @@ from steelseg.data.table import DefectDataset, build_table, image_row, progress_
 from steelseg.errors import DataError, RLEError
 from steelseg.fsutil import atomic_text, atomic_write
 
-__all__ = ["KaggleMasks", "detect", "open_kaggle", "write_kaggle", "write_kaggle_csv"]
+__all__ = ["KaggleMasks", "detect", "open_kaggle", "rle_dataset", "write_kaggle", "write_kaggle_csv"]
 
 
 @dataclass
@@ -151,6 +151,21 @@ def open_kaggle(root: Path, csv_path: Path, class_names: list[str] | None, progr
         splits = {p.stem: read_image_ids(p) for p in sorted(split_dir.glob("*.txt"))}
     return DefectDataset(root, "kaggle", list(class_names), build_table(table_rows, num_classes, areas),
                          KaggleMasks(rles), splits)
+
+
+def rle_dataset(root: Path, csv_path: Path, images: dict[str, Path], class_names: list[str],
+                layout: str = "predicted") -> DefectDataset:
+    """The images ``{image id: path}`` (inside ``root``) with the masks of a Kaggle CSV (a submission.csv:
+    predictions as a dataset, for ``predict --format``); a row for an image not given is an error."""
+    rles, _ = _check_rows(csv_path, _read_kaggle_csv(csv_path), class_names, images, root)
+    rows = [image_row(i, p, root) for i, p in images.items()]
+    index = {r["image_id"]: k for k, r in enumerate(rows)}
+    areas = np.zeros((len(rows), len(class_names)), np.int64)
+    for (image_id, class_id), code in rles.items():
+        r = rows[index[image_id]]
+        areas[index[image_id], class_id - 1] = rle.rle_area(code, r["height"] * r["width"])
+    return DefectDataset(root, layout, list(class_names), build_table(rows, len(class_names), areas),
+                         KaggleMasks(rles))
 
 
 def write_kaggle_csv(path: str | Path, rows: list[tuple[str, int, str]]) -> None:

@@ -8,14 +8,16 @@ dataset is taken (two of that name: an error naming both). Shapes: ``polygon``, 
 pixels wide, :data:`LINE_WIDTH` by default, and ``steelseg info`` says so), and ``mask`` (a base64 PNG over its
 box). Class names come from the labels (sorted), or ``--class-names``. Images without a JSON in a folder
 of labelled images are defect-free. ``flags`` are ignored (the reason says so). An image is counted once: two
-JSONs naming it are an error. Nothing outside the dataset folder is read.
-
-Not yet: an image present only as the JSON's embedded ``imageData`` (save the image beside its JSON).
+JSONs naming it are an error. Nothing outside the dataset folder is read. An image found nowhere on disk but
+embedded in its JSON (``imageData``) is decoded once into steelseg's cache (:func:`steelseg.fsutil.cache_dir`)
+and read from there, its id the JSON's folder and the ``imagePath`` name; a file on disk always wins, so no image
+is counted twice.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -26,14 +28,13 @@ import numpy as np
 from steelseg.data.images import IMAGE_EXTS, copy_upright, image_index
 from steelseg.data.items import build_from_items
 from steelseg.data.registry import Layout
-from steelseg.data.shapes import components, fill_polygon, stroke
+from steelseg.data.shapes import LINE_WIDTH, components, fill_polygon, stroke
 from steelseg.data.table import DefectDataset, progress_bar
 from steelseg.errors import DataError
-from steelseg.fsutil import atomic_json, confine
+from steelseg.fsutil import EMBEDDED, atomic_json, atomic_write, cache_dir, confine
 
 __all__ = ["LINE_WIDTH", "detect", "labelme_mask", "open_labelme", "write_labelme"]
 
-LINE_WIDTH = 5  # pixels a line, linestrip or point is drawn wide (they have no area of their own)
 AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
 LINE_SHAPES = ("line", "linestrip", "point")
 SCAN_LIMIT = 200  # JSON files looked at to detect the layout
@@ -117,21 +118,46 @@ def _find_image(doc: dict[str, Any], path: Path, root: Path, index: dict[str, li
                         f"{name} ({', '.join(str(p.relative_to(root)) for p in found[:3])}); fix imagePath")
     if found:
         return confine(found[0], root, "image")
-    extra = " (the image is only embedded as imageData: save it beside the JSON)" if doc.get("imageData") else ""
-    raise DataError(f"{path}: image {rel!r} not found beside the JSON nor anywhere in {root}{extra}")
+    if doc.get("imageData"):
+        return _embedded(doc["imageData"], path, name)
+    raise DataError(f"{path}: image {rel!r} not found beside the JSON nor anywhere in {root}")
+
+
+def _embedded(data: Any, path: Path, name: str) -> Path:
+    """The JSON's embedded image, decoded once into the cache (keyed by the JSON and its bytes)."""
+    from PIL import Image
+
+    try:
+        raw = base64.b64decode(str(data), validate=True)
+        fmt = Image.open(io.BytesIO(raw)).format or "PNG"
+    except Exception:
+        raise DataError(f"{path}: its imageData is not a base64 image, and the image is not on disk") from None
+    suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_EXTS else "." + fmt.lower()
+    key = hashlib.sha256(str(path.resolve()).encode() + raw).hexdigest()[:20]
+    out = cache_dir(EMBEDDED) / key / (Path(name).stem + suffix if name else "image" + suffix)
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out, "wb") as fh:
+            fh.write(raw)
+    return out
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
 
 
 def open_labelme(root: Path, class_names: list[str] | None, progress: bool,
                  line_width: int = LINE_WIDTH) -> DefectDataset:
     index = image_index(root)
     labelled: dict[Path, tuple[Path, list[tuple[dict[str, Any], str]]]] = {}
-    skipped, flags, lines = [], 0, 0
+    skipped, flags, lines, embedded = [], 0, 0, 0
     for path in _jsons(root):
         doc = _load(path)
         if not _is_labelme(doc):
             skipped.append(str(path.relative_to(root)))
             continue
         img = _find_image(doc, path, root, index)
+        embedded += not _inside(img, root)
         if img in labelled:
             raise DataError(f"{path}: labels {img.relative_to(root)}, which {labelled[img][0]} labels too: one JSON "
                             "an image")
@@ -155,8 +181,9 @@ def open_labelme(root: Path, class_names: list[str] | None, progress: bool,
                 raise DataError(f"{where}: label {s['label']!r} is not a class ({', '.join(names)}); add it to "
                                 "--class-names or fix the label")
             items.append((known[s["label"]], (s, line_width), where))
-        entries.append((img.relative_to(root).as_posix(), img, items))
-    folders = {img.parent for img in labelled}
+        image_id = (img if _inside(img, root) else path.parent / img.name).relative_to(root).as_posix()
+        entries.append((image_id, img, items))
+    folders = {img.parent for img in labelled if _inside(img, root)}
     free = sorted(p for d in folders for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()
                   and not p.name.startswith(".") and p not in labelled)
     entries += [(p.relative_to(root).as_posix(), p, []) for p in free]
@@ -164,6 +191,8 @@ def open_labelme(root: Path, class_names: list[str] | None, progress: bool,
     notes = [f"labelme: {len(labelled)} JSON file(s)"]
     if free:
         notes.append(f"{len(free)} image(s) without a JSON among labelled ones read as defect-free")
+    if embedded:
+        notes.append(f"{embedded} image(s) read from their JSON's embedded imageData (not on disk)")
     if lines:
         notes.append(f"{lines} line / point shape(s) drawn {line_width} px wide")
     if flags:
@@ -203,5 +232,5 @@ def write_labelme(ds: DefectDataset, stage: Path, names: dict[str, str], progres
 
 
 LAYOUT = Layout("labelme", lambda req: detect(req.root),
-                lambda req: open_labelme(req.root, req.class_names, req.progress), rank=1, write=write_labelme,
+                lambda req: open_labelme(req.root, req.class_names, req.progress, req.line_width or LINE_WIDTH), rank=1, write=write_labelme,
                 describe="labelme JSON files beside or apart from their images (labelme)")

@@ -9,8 +9,9 @@ no pixels and are skipped. ``predictions`` are ignored. Of several annotations o
 ``ground_truth`` is read, else the latest (``updated_at``, then ``created_at``, then ``id``) that was not
 cancelled; the rule is in ``info``'s reason. A task's image is found by its path (``/data/upload/<n>/<hash>-<name>``
 by ``<name>``; ``/data/local-files/?d=<path>`` by its file name; a plain path below the folder as it is); two
-images of that name are an error. ``image_rotation`` other than 0 is refused (rotate the image in Label
-Studio back, or export without rotation). Class names from the results (sorted), or ``--class-names``.
+images of that name are an error. A result drawn on a rotated view (``image_rotation``) is stored by Label Studio
+in the unrotated image's frame and read as it is (``info`` counts them); one whose recorded size is the image's
+turned is refused (:func:`_check_frame`). Class names from the results (sorted), or ``--class-names``.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def ls_mask(src: dict[str, Any], where: str, shape: tuple[int, int]) -> np.ndarr
     h, w = shape
     value = src.get("value") or {}
     kind = src.get("type")
+    _check_frame(src, where, h, w)
     if kind == "polygonlabels":
         pts = np.asarray(value.get("points") or [], np.float64).reshape(-1, 2)
         if len(pts) < 3:
@@ -136,6 +138,19 @@ def ls_mask(src: dict[str, Any], where: str, shape: tuple[int, int]) -> np.ndarr
         except ValueError as exc:
             raise DataError(f"{where}: its rle is not Label Studio's brush encoding ({exc})") from None
     raise DataError(f"{where}: result type {kind!r} is not one of {', '.join(sorted(KINDS))}")
+
+
+def _check_frame(src: dict[str, Any], where: str, h: int, w: int) -> None:
+    """A result drawn on a rotated view (``image_rotation``) is stored in the unrotated image's frame: Label
+    Studio's editor rotates the points back by the view's rotation and gives percent of the unrotated size
+    (``original_width/height``). A quarter-turned result whose recorded size is the image's turned (and the
+    image not square) is in the rotated frame instead: refused, since its coordinates would land wrong."""
+    turns = float(src.get("image_rotation") or 0) % 180
+    oh, ow = src.get("original_height"), src.get("original_width")
+    if turns and h != w and (oh, ow) == (w, h):
+        raise DataError(f"{where}: image_rotation {src['image_rotation']} with original_width x original_height "
+                        f"{ow}x{oh}, the image ({w}x{h}) turned: its coordinates are in the rotated view, not the "
+                        "image; undo the rotation in Label Studio and export again")
 
 
 def _pick(task: dict[str, Any]) -> dict[str, Any] | None:
@@ -193,7 +208,7 @@ def open_labelstudio(root: Path, class_names: list[str] | None, progress: bool) 
     if not isinstance(tasks, list) or not all(isinstance(t, dict) and "data" in t for t in tasks):
         raise DataError(f"{export}: not a Label Studio JSON export (a list of tasks with 'data' and 'annotations')")
     index = image_index(root)
-    picked, seen, several = [], {}, 0
+    picked, seen, several, rotated = [], {}, 0, 0
     for k, task in enumerate(tasks):
         where = f"{export.name}: task {task.get('id', k)}"
         path = _find(_task_image(task, where), root, index, where)
@@ -206,9 +221,7 @@ def open_labelstudio(root: Path, class_names: list[str] | None, progress: bool) 
         for r in (ann or {}).get("result") or []:
             if r.get("type") not in KINDS:
                 continue
-            if float(r.get("image_rotation") or 0) % 360:
-                raise DataError(f"{where}: image_rotation {r['image_rotation']}: rotated annotations are not read; "
-                                "undo the rotation in Label Studio and export again")
+            rotated += bool(float(r.get("image_rotation") or 0) % 360)
             labels = (r.get("value") or {}).get(r["type"]) or []
             if len(labels) != 1:
                 raise DataError(f"{where}: a {r['type']} result with {len(labels)} labels; one a region")
@@ -227,7 +240,9 @@ def open_labelstudio(root: Path, class_names: list[str] | None, progress: bool) 
         entries.append((path.relative_to(root).as_posix(), path, items))
     ds = build_from_items(root, "labelstudio", names, entries, {}, [], progress, ls_mask)
     ds.reason = f"Label Studio export {export.name}: {len(tasks)} task(s); of several annotations, {RULE}" + (
-        f" ({several} task(s) had several)" if several else "")
+        f" ({several} task(s) had several)" if several else "") + (
+        f"; {rotated} result(s) drawn on a rotated view (image_rotation), read in the unrotated image's frame as "
+        "Label Studio stores them" if rotated else "")
     return ds
 
 

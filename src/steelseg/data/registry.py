@@ -4,8 +4,9 @@ write a dataset in its form. :mod:`steelseg.data.open` lists the layouts; adding
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,15 @@ class OpenRequest:
     mask_visitor: Callable[[str, np.ndarray], None] | None = None  # masks layout: each decoded label map
     free_dirs: Sequence[str] | None = None  # folders layout: names or glob patterns of the defect-free folders
     layout: str | None = None  # the layout the user asked for (--layout), or None: detected
+    options: Mapping[str, Any] = field(default_factory=dict)  # LAYOUT_OPTIONS: line_width, boxes
+
+    @property
+    def line_width(self) -> int | None:
+        return self.options.get("line_width")
+
+    @property
+    def boxes(self) -> bool:
+        return bool(self.options.get("boxes", False))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["components", "fill_polygon", "mask_polygons", "stroke"]
+__all__ = ["LINE_WIDTH", "components", "fill_polygon", "mask_polygons", "stroke"]
+
+LINE_WIDTH = 5  # pixels a line or point shape (no area of its own) is drawn wide by default: option line_width
 
 
 def _pts(points: np.ndarray) -> np.ndarray:

@@ -95,6 +95,7 @@ class DefectDataset:
     splits: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list, repr=False)  # files the reader did not take, by name
     reason: str = ""  # why this layout was chosen, for `steelseg info`
+    options: dict[str, Any] = field(default_factory=dict)  # the layout options it was read with (line_width, ...)
     _idx: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

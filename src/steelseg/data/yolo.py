@@ -119,7 +119,7 @@ def _objects(label: Path, k: int, boxes: bool) -> list[tuple[int, Any, str]]:
             if not boxes:
                 raise DataError(f"{where}: a box (class x y w h), not a polygon: this is a detection dataset. Export "
                                 "segmentation polygons (ultralytics task=segment), or read the boxes as filled "
-                                "rectangles with steelseg.data.yolo.open_yolo(..., boxes=True)")
+                                "rectangles with --boxes (in a config: data.layout_options: {boxes: true})")
             x, y, w, h = vals
             vals = np.array([x - w / 2, y - h / 2, x + w / 2, y - h / 2, x + w / 2, y + h / 2, x - w / 2, y + h / 2])
         if len(vals) < 6 or len(vals) % 2:
@@ -205,5 +205,6 @@ def write_yolo(ds: DefectDataset, stage: Path, names: dict[str, str], progress: 
     atomic_text(stage / "data.yaml", f"# converted by steelseg from {ds.root}\n" + yaml.safe_dump(doc, sort_keys=False))
 
 
-LAYOUT = Layout("yolo", lambda req: detect(req.root), lambda req: open_yolo(req.root, req.class_names, req.progress),
+LAYOUT = Layout("yolo", lambda req: detect(req.root), 
+                lambda req: open_yolo(req.root, req.class_names, req.progress, req.boxes),
                 rank=0, write=write_yolo, describe="an ultralytics YOLO segmentation data.yaml (yolo)")

@@ -19,7 +19,9 @@ from steelseg.fsutil import atomic_json, atomic_write, check_writable_dir, clean
 from steelseg.inference.predictor import Predictor
 from steelseg.inference.submission import SubmissionWriter
 
-__all__ = ["predict_folder"]
+PREANNOTATION_FORMATS = ("labelme", "yolo", "cvat", "labelstudio", "coco", "masks")
+
+__all__ = ["PREANNOTATION_FORMATS", "predict_folder", "write_overlay", "write_preannotations"]
 
 
 def _clean_stale(out: Path) -> None:
@@ -34,7 +36,7 @@ def _image_ids(images: Sequence[Path], root: Path) -> list[str]:
     return [p.relative_to(root).as_posix() for p in images]
 
 
-def _write_overlay(folder: Path, image_id: str, path: Path, masks: np.ndarray, true: np.ndarray | None) -> None:
+def write_overlay(folder: Path, image_id: str, path: Path, masks: np.ndarray, true: np.ndarray | None) -> None:
     """The prediction drawn on its image (beside the ground truth when labelled), as a PNG in ``folder``."""
     img = read_image(path, None)
     pic = viz.caption(viz.overlay(img, masks), f"{image_id}: prediction")
@@ -44,11 +46,20 @@ def _write_overlay(folder: Path, image_id: str, path: Path, masks: np.ndarray, t
     viz.write_rgb(dst, pic)
 
 
+def _check_options(on_error: str, formats: Sequence[str]) -> None:
+    if on_error not in ("stop", "skip"):
+        raise DataError(f"--on-error {on_error!r}: stop or skip")
+    bad = [f for f in formats if f not in PREANNOTATION_FORMATS]
+    if bad:
+        raise DataError(f"--format {bad[0]!r}: not one of {', '.join(PREANNOTATION_FORMATS)}")
+
+
 def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, overlays: bool = False,
                    labels: str | Path | None = None, tta: bool | None = None, device: str = "cpu",
                    progress: bool = False, min_size: int = 16, backend: str | None = None,
                    threads: int | None = None, recursive: bool = False, tile: int | None = None,
-                   overlap: int | None = None, prefetch: bool | None = None, on_error: str = "stop") -> dict[str, Any]:
+                   overlap: int | None = None, prefetch: bool | None = None, on_error: str = "stop",
+                   formats: Sequence[str] = ()) -> dict[str, Any]:
     """Write ``out/submission.csv`` (and overlays) for every image in ``images_dir``.
 
     Files that are not images, and subfolders unless ``recursive``, are listed as skipped. Overlays
@@ -56,9 +67,10 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
     ``on_error``: ``stop`` (default: an unreadable image ends the run with its name, and nothing is written, so a
     partial submission cannot pass for a whole one) or ``skip`` (each unreadable image, truncated, empty or too
     large, is left out and listed with its reason in ``out/skipped.csv`` and predict.json, ``complete: false``).
+    ``formats`` (labelme, yolo, cvat, labelstudio, coco, masks): the predictions also written as that tool's
+    dataset in ``out/<format>`` (:func:`write_preannotations`), to load into it for correction.
     """
-    if on_error not in ("stop", "skip"):
-        raise DataError(f"--on-error {on_error!r}: stop or skip")
+    _check_options(on_error, formats)
     predictor = Predictor.from_bundle(bundle, device=device, tta=tta, backend=backend, threads=threads, tile=tile,
                                       overlap=overlap)
     images_dir = Path(images_dir)
@@ -102,7 +114,7 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
                                     "the predicted images")
                 acc.update(pred.masks[None], true[None])
             if pics is not None:
-                _write_overlay(pics, image_id, path, pred.masks, true)
+                write_overlay(pics, image_id, path, pred.masks, true)
     skipped = [{"image": p.relative_to(images_dir).as_posix(), "reason": r} for p, r in bad.items()]
     if skipped:
         with atomic_write(out / "skipped.csv", "w", newline="") as fh:
@@ -117,5 +129,19 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
         rep = acc.compute()
         summary["dice"] = rep.mean
         summary["dice_per_class"] = dict(zip(predictor.class_names, rep.per_class))
+    if formats:
+        done = {id_of[p]: p for p in images if p not in bad}
+        summary["formats"] = write_preannotations(out, images_dir, done, predictor.class_names, formats)
     atomic_json(out / "predict.json", summary)
     return summary
+
+
+def write_preannotations(out: Path, images_dir: Path, images: dict[str, Path], class_names: list[str],
+                         formats: Sequence[str]) -> dict[str, str]:
+    """``out/submission.csv`` written again as each labelling tool's dataset, ``out/<format>`` (images copied
+    beside the tool's files): the masks are the submission's, exactly (up to polygons in polygon formats)."""
+    from steelseg.data.convert import convert
+    from steelseg.data.kaggle import rle_dataset
+
+    ds = rle_dataset(images_dir, out / "submission.csv", images, class_names)
+    return {f: str(convert(ds, out / f, f, overwrite=True)) for f in formats}

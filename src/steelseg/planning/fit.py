@@ -40,6 +40,7 @@ class FitOptions:
     pins: dict[str, Any] = field(default_factory=dict)  # --set
     class_names: list[str] | None = None
     layout: str | None = None
+    layout_options: dict[str, Any] = field(default_factory=dict)  # --line-width, --boxes
     ensemble: str = "auto"  # auto | yes | no
     min_speed: float | None = None  # images/s the pipeline must reach (auto: the ensemble only if it does)
     probe: bool = True
@@ -139,7 +140,7 @@ def fit_folder(data: str | Path, out: str | Path, o: FitOptions) -> dict[str, An
     from steelseg.data.open import open_dataset
 
     out = Path(out).resolve()
-    ds = open_dataset(data, o.class_names, layout=o.layout)
+    ds = open_dataset(data, o.class_names, layout=o.layout, options=o.layout_options)
     t0 = time.time()
     resumed = _claim(out)
     with logs.log_to(out / "log.txt"):  # the libraries' chatter outside the folds' own run folders

@@ -35,6 +35,7 @@ class Plan:
     candidates: list[dict[str, Any]] = field(default_factory=list)  # scale, model input, precision, s / step
     minutes: float | None = None
     created: str = ""
+    layout_options: dict[str, Any] = field(default_factory=dict)  # the options the data was read with
 
     @property
     def folds(self) -> int:
@@ -51,6 +52,8 @@ class Plan:
         """The decided config keys (the last decision of each), nested as a config file."""
         tree: dict[str, Any] = {"data": {"path": self.data, "class_names": list(self.class_names),
                                          "layout": self.layout}}
+        if self.layout_options:
+            tree["data"]["layout_options"] = dict(self.layout_options)
         for key in dict.fromkeys(d.key for d in self.decisions):
             if key.split(".")[0] not in SECTIONS:
                 continue
@@ -118,7 +121,7 @@ def make_plan(ds: Any, minutes: float | None = None, steps: int | None = None, f
                   _decoded_bytes(ds, fp.channels))
     decisions = decide(facts, pins)
     plan = Plan(str(Path(ds.root).resolve()), list(ds.class_names), ds.layout, decisions, fp, m.to_dict(), gpu,
-                minutes=minutes, created=time.strftime("%Y-%m-%d %H:%M"))
+                minutes=minutes, created=time.strftime("%Y-%m-%d %H:%M"), layout_options=dict(ds.options))
     if prober is not None:
         plan.candidates = _candidates(facts, decisions, prober)
         plan.probe = dict(getattr(prober, "measured", {}))

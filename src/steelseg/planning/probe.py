@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from steelseg.errors import SteelsegError
+from steelseg.fsutil import cache_dir
 from steelseg.machine import machine_facts
 
 __all__ = ["Probe", "cache_path", "gpu_facts"]
@@ -24,8 +24,7 @@ TIMED = 2
 
 
 def cache_path() -> Path:
-    root = os.environ.get("STEELSEG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "steelseg")
-    return Path(root) / "probe.json"
+    return cache_dir("probe.json")
 
 
 def gpu_facts() -> tuple[str | None, bool]:

@@ -191,7 +191,7 @@ def _gallery_html(ds: DefectDataset, img_dir: Path, gallery_ids: dict[int, list[
 
 def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = None, sample: int | None = None,
             seed: int = 0, progress: bool = False, layout: str | None = None,
-            free_dirs: list[str] | None = None) -> dict[str, Any]:
+            free_dirs: list[str] | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the report; returns the summary dict also written to ``summary.json``."""
     if sample is not None and sample < 1:
         raise DataError(f"--sample {sample}: must be >= 1 (or left out for every image)")
@@ -200,7 +200,8 @@ def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = N
     img_dir.mkdir(parents=True, exist_ok=True)
     stats = MaskStats()
     visitor = _Visitor(stats, active=sample is None)
-    ds = open_dataset(data, class_names, progress=progress, mask_visitor=visitor, layout=layout, free_dirs=free_dirs)
+    ds = open_dataset(data, class_names, progress=progress, mask_visitor=visitor, layout=layout, free_dirs=free_dirs,
+                      options=options)
     sampled = sample is not None and sample < len(ds.table)
     if sampled:
         rng = np.random.default_rng(seed)

@@ -25,6 +25,7 @@ class DataConfig:
     path: str = ""  # dataset folder (Kaggle layout or mask folders)
     class_names: list[str] | None = None  # default: classes.txt in the dataset, else class1..C
     layout: str | None = None  # kaggle | masks | folders | groups | mvtec | coco; default: detected from the files
+    layout_options: dict[str, Any] = field(default_factory=dict)  # line_width (labelme, cvat), boxes (yolo)
     folds: str | None = None  # folds CSV (steelseg folds); with `fold` picks the validation fold
     group_by: str | None = None  # new folds keep groups whole: null = the layout's groups (group folders),
     # folder = the first folder of each image id, none = no groups

@@ -39,7 +39,7 @@ class TrainingData:
 def open_training_data(cfg: RunConfig) -> TrainingData:
     """``data.path`` and every ``data.extra`` folder, opened (a bad folder fails here, naming it)."""
     d = cfg.data
-    main = open_dataset(d.path, d.class_names, layout=d.layout)
+    main = open_dataset(d.path, d.class_names, layout=d.layout, options=d.layout_options)
     opened = []
     for path in d.extra:
         if not Path(path).exists():

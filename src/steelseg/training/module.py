@@ -174,8 +174,8 @@ class SteelsegModule(L.LightningModule):
             true = target > 0.5
             k = pred.shape[1]
             # Confusion matrix of label maps (0 = background) for IoU, summed over the split.
-            p_lab = torch.where(pred.any(1), probs.argmax(1) + 1, 0)
-            t_lab = torch.where(true.any(1), true.float().argmax(1) + 1, 0)
+            p_lab = torch.where(pred.any(1), _channel_argmax(probs) + 1, 0)
+            t_lab = torch.where(true.any(1), _channel_argmax(true.float()) + 1, 0)
             cm = torch.bincount((t_lab * (k + 1) + p_lab).flatten(), minlength=(k + 1) ** 2)
             self._val.append({
                 "inter": (pred & true).sum((2, 3)), "pred": pred.sum((2, 3)), "true": true.sum((2, 3)),
@@ -284,3 +284,9 @@ def classification_scores(probs: np.ndarray, labels: np.ndarray, names: list[str
     out["auc"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
     out["f1"] = float(np.mean(f1s))
     return out
+
+
+def _channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(1)`` of an (N, C, H, W) tensor, the same ties (the first), 6x faster on CPU: argmax over a
+    strided channel axis is slow, over the last contiguous one is not (0.68 s -> 0.10 s a 8x4x256x1600 batch)."""
+    return x.movedim(1, -1).contiguous().argmax(-1)

@@ -89,9 +89,13 @@ def _new_run_dir(cfg: RunConfig) -> Path:
     name = cfg.name or f"{cfg.model.task}-{cfg.model.arch if cfg.model.task == 'segment' else 'cls'}-" \
                        f"{cfg.model.encoder.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.out_dir) / name
+    _check_new(run_dir)
+    return run_dir
+
+
+def _check_new(run_dir: Path) -> None:
     if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
         raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another name")
-    return run_dir
 
 
 CLAIM = ".steelseg-train.lock"  # in a run folder while a process trains in it
@@ -117,22 +121,25 @@ def claim_run_dir(run_dir: Path) -> Path | None:
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / CLAIM
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    mine = run_dir / f"{CLAIM}.{os.getpid()}"
+    mine.write_text(f"{os.getpid()}\n")
+    try:
+        for _ in range(3):
             try:
-                pid = int(lock.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                pid = None
-            if pid is not None and pid != os.getpid() and _pid_alive(pid):
-                raise ConfigError(f"{run_dir}: another steelseg train (process {pid}) is training in this run "
-                                  "folder; wait for it to end, or give this run another --name") from None
-            lock.unlink(missing_ok=True)  # a claim left by a run that died
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()}\n")
-        return lock
+                os.link(mine, lock)  # atomic, and the claim is never seen without its process id
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pid = None
+                if pid is not None and pid != os.getpid() and _pid_alive(pid):
+                    raise ConfigError(f"{run_dir}: another steelseg train (process {pid}) is training in this "
+                                      "run folder; wait for it to end, or give this run another --name") from None
+                lock.unlink(missing_ok=True)  # a claim left by a run that died
+                continue
+            return lock
+    finally:
+        mine.unlink(missing_ok=True)
     raise ConfigError(f"{run_dir}: could not claim the run folder ({lock} keeps reappearing); give another --name")
 
 
@@ -251,6 +258,8 @@ def _fit(cfg: RunConfig, resume: str | Path | None, progress: bool | None, extra
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers re-run this command and read it
     claim = claim_run_dir(run_dir)
     try:
+        if claim is not None and not resume:
+            _check_new(run_dir)  # again, now that it is ours: a twin may have trained here and ended
         return _train(cfg, run_dir, ckpt, resume, data, is_worker, progress, extra)
     finally:
         if claim is not None:
