@@ -34,6 +34,7 @@ EPILOG = """the usual path (each command has --help with more):
   steelseg runs --sort dice                                    # every run in one table
   steelseg export bundles/seg --out bundles/seg-int8 --quantize int8   # fast CPU inference
   steelseg serve bundles/seg-int8 --feedback data/feedback     # HTTP service + review page
+  steelseg watch bundles/seg-int8 line/camera --out runs/line  # a hot folder: every new image predicted
   steelseg pseudo-label bundles/seg data/test_images --out data/pseudo   # then data.extra=[data/pseudo]
   steelseg convert ../shared/data/neu_seg data/neu_kaggle      # any layout -> kaggle / masks / coco
 """
