@@ -112,6 +112,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _link_claim(mine: Path, lock: Path) -> None:
+    """``lock`` made from ``mine`` (which holds our process id) atomically, never seen empty; where the file
+    system has no hard links, created exclusively and then written. FileExistsError when taken."""
+    try:
+        os.link(mine, lock)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network or FAT file systems)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(mine.read_text())
+
+
 def claim_run_dir(run_dir: Path) -> Path | None:
     """Claim ``run_dir`` for this process before any work, atomically (``O_EXCL``): a second ``steelseg
     train`` with the same name is refused while the first is alive, instead of sharing the folder. A
@@ -126,7 +139,7 @@ def claim_run_dir(run_dir: Path) -> Path | None:
     try:
         for _ in range(3):
             try:
-                os.link(mine, lock)  # atomic, and the claim is never seen without its process id
+                _link_claim(mine, lock)
             except FileExistsError:
                 try:
                     pid = int(lock.read_text().split()[0])
