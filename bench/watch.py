@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_stream import strips  # noqa: E402
+from predict_stream import strips
 
 
 def rss_mib() -> float:

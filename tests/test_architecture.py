@@ -27,7 +27,7 @@ ALLOWED = {
     "models": {GROUND, "data"},
     "training": {GROUND, "data", "models"},
     "inference": {GROUND, "data", "models"},
-    "serve": {GROUND, "data", "models", "inference"},
+    "serve": {GROUND, "data", "models", "inference", "line"},  # line: the registry a followed bundle comes from
     "line": {GROUND, "data", "models", "inference"},
     "kaggle": {GROUND, "data", "models", "inference"},
     "reports": {GROUND, "data", "models", "training", "inference"},

@@ -237,6 +237,7 @@ def test_fit_end_to_end_killed_mid_fold_and_resumed(tmp_path: Path, synth_small:
     result = json.loads((out / "fit.json").read_text())
     assert result["folds"] == 2 and len(result["image_ap"]) == 2
     pp = json.loads((out / "bundle" / "postprocess.json").read_text())
+    assert json.loads((out / "bundle" / "reference.json").read_text())["images"] > 0  # the drift reference
     assert [t >= 1.0 for t in pp["pixel_threshold"]] == [n in result["off"] for n in
                                                            json.loads((out / "bundle" / "bundle.json").read_text())["class_names"]]
     assert ("Switched off" in summary) == bool(result["off"])

@@ -68,6 +68,8 @@ def test_tuned_not_worse_than_default(bundle) -> None:
     assert all(a >= b - 1e-12 for a, b in zip(info["per_class_after"], info["per_class_before"]))
     pp = json.loads((bundle / "postprocess.json").read_text())
     assert len(pp["pixel_threshold"]) == 4 and pp["gate_threshold"] is not None
+    ref = json.loads((bundle / "reference.json").read_text())  # the drift reference, from the images tuned on
+    assert ref["images"] == info["images"] and sum(ref["brightness"]) == ref["images"] and "split val" in ref["how"]
 
 
 def test_tune_reuses_saved_predictions(bundle, trained_run, trained_classifier, synth_small, tmp_path,

@@ -91,6 +91,8 @@ def test_predict_matches_predictor_and_metrics_count(client, bundle) -> None:
     metrics = client.get("/metrics").text
     assert 'steelseg_requests_total{route="/v1/predict",status="200"} 2.0' in metrics
     assert "steelseg_images_total 2.0" in metrics and "steelseg_defects_total" in metrics
+    # the drift gauges watch shows too (deploy/prometheus/steelseg-alerts.yml reads them)
+    assert "steelseg_input_brightness " in metrics and "# TYPE steelseg_drift_level gauge" in metrics
 
 
 def test_batch_health_ready_model_docs(client) -> None:

@@ -102,8 +102,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     out = write_bundle(args.out, args.runs, args.classifier or [], report.chosen, names, args.tta,
                        extra=extra, overwrite=args.overwrite, tile=args.tile,
                        overlap=128 if args.overlap is None else args.overlap)
+    _reference(out, args.data, [str(i) for i in pred["image_ids"]], names, f"steelseg tune: split {args.split}")
     print(f"\nbundle written to {out} (predict with: steelseg predict {out} IMAGES --out DIR)")
     return 0
+
+
+def _reference(bundle: Path, data: str, ids: list[str], names: list[str], how: str) -> None:
+    """The drift reference of the line's monitoring (reference.json), from the images tuned on."""
+    from steelseg.data.open import open_dataset
+    from steelseg.inference.reference import write_reference
+
+    paths = open_dataset(data, names).subset(ids).table["path"].tolist()
+    ref = write_reference(bundle, paths, how)
+    print(f"drift reference: {ref.images} images -> {bundle / 'reference.json'}")
 
 
 def _tuned_detection(pred: dict, pp: object, names: list[str]) -> dict | None:
@@ -207,8 +218,11 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from steelseg.inference.predict import predict_folder
 
+    from steelseg.cli.line import resolve_bundle
+
     tta = True if args.tta else (False if args.no_tta else None)
-    res = predict_folder(args.bundle, args.images, args.out, args.overlays, args.labels, tta,
+    bundle, _ = resolve_bundle(args.bundle, args.registry)
+    res = predict_folder(bundle, args.images, args.out, args.overlays, args.labels, tta,
                          device(args.device), progress=sys.stderr.isatty(), backend=args.backend,
                          threads=args.threads, recursive=args.recursive, tile=args.tile, overlap=args.overlap,
                          prefetch={"on": True, "off": False}.get(args.prefetch), on_error=args.on_error,
@@ -360,7 +374,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("predict", help="predict a folder of images to submission.csv (+ overlays)",
                        description="Run a bundle over every image in IMAGES and write OUT/submission.csv "
                                    "(ImageId,EncodedPixels,ClassId; written atomically) and optional overlays.")
-    p.add_argument("bundle", help="bundle folder (steelseg tune / steelseg bundle)")
+    p.add_argument("bundle", help="bundle folder (steelseg tune / steelseg bundle), or models:/LINE@champion")
     p.add_argument("images", help="folder of images")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overlays", action="store_true", help="save PNG overlays of the predicted masks")
@@ -379,6 +393,7 @@ def register(sub: Any) -> None:
                    help="also write the predictions as pre-annotations for a labelling tool, in OUT/<format> with the "
                         "images: labelme, yolo, cvat, labelstudio (or coco, masks); comma-separated for several. "
                         "Import the folder into the tool and correct what the model got wrong")
+    p.add_argument("--registry", default=None, metavar="URI", help="MLflow registry of a models:/ bundle")
     add_tile_args(p, "default: the bundle's setting, else whole images")
     add_backend_args(p)
     p.set_defaults(func=cmd_predict, reads={"bundle": False, "images": False, "labels": False})

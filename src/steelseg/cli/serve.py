@@ -31,12 +31,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.queue and not args.queue.is_dir():
         raise SteelsegError(f"--queue {args.queue}: no such folder; create it and put line images in it "
                             "(or upload them on the review page)")
-    cfg = ServeConfig(str(args.bundle), args.api_key or os.environ.get("STEELSEG_API_KEY"),
+    from steelseg.cli.line import resolve_bundle
+
+    bundle, follow = resolve_bundle(str(args.bundle), args.registry)
+    cfg = ServeConfig(bundle, args.api_key or os.environ.get("STEELSEG_API_KEY"),
                       str(feedback) if feedback else None, queue=str(args.queue) if args.queue else None,
                       queue_random_every=args.queue_random_every, max_batch=args.max_batch,
                       max_bytes=args.max_mb * 1024 * 1024, backend=args.backend, threads=args.threads,
                       max_queue=args.max_queue, body_timeout=args.body_timeout,
-                      shutdown_timeout=args.shutdown_timeout)
+                      shutdown_timeout=args.shutdown_timeout, follow=follow, registry=args.registry,
+                      check_every=args.check_every)
     print(f"serving {args.bundle} on http://{args.host}:{args.port} (review page /, API docs /docs)", flush=True)
     run(cfg, args.host, args.port, args.workers)
     return 0
@@ -53,7 +57,12 @@ def register(sub: Any) -> None:
                               "  STEELSEG_API_KEY=secret steelseg serve bundles/seg --host 0.0.0.0 --workers 2\n"
                               "  curl -F file=@strip.jpg -H 'X-API-Key: secret' http://127.0.0.1:8000/v1/predict",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle", type=Path, help="bundle folder (PyTorch or ONNX)")
+    p.add_argument("bundle", help="bundle folder (PyTorch or ONNX), or models:/LINE@champion (the registry's "
+                   "champion, followed: see --check-every)")
+    p.add_argument("--registry", default=None, metavar="URI", help="MLflow registry of a models:/ bundle")
+    p.add_argument("--check-every", type=float, default=30.0, metavar="S",
+                   help="models:/...@champion: seconds between looks for a newly promoted version, which takes over "
+                        "once loaded and checked, without dropping a request")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each loads the bundle once")

@@ -11,7 +11,6 @@ by SIGTERM in the CLI) ends the watcher after the images in hand.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import threading
@@ -26,7 +25,9 @@ import numpy as np
 
 from steelseg.data import rle
 from steelseg.data.images import IMAGE_EXTS, read_image
+from steelseg.drift import DriftConfig, DriftMonitor, describe, image_signals, worst
 from steelseg.errors import DataError
+from steelseg.fsutil import atomic_json
 from steelseg.line.results import ResultLog, file_key
 
 __all__ = ["WatchConfig", "WatchStats", "watch"]
@@ -54,6 +55,11 @@ class WatchConfig:
     tta: bool | None = None
     device: str = "cpu"
     progress_every: float = 10.0  # seconds between progress lines on stderr
+    drift: DriftConfig = field(default_factory=DriftConfig)  # judged against the bundle's reference.json
+    metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1:PORT (steelseg.line.metrics)
+    follow: str | None = None  # models:/LINE@champion: switch to a newly promoted version between two batches
+    registry: str | None = None  # its MLflow registry URI (None: the local default)
+    check_every: float = 30.0  # seconds between looks at the registry
 
 
 @dataclass
@@ -176,7 +182,8 @@ def _move(src: Path, root: Path, rel: str) -> Path:
     return dst
 
 
-def _row(key: str, rel: str, pred: Any, names: list[str], latency: float) -> dict[str, Any]:
+def _row(key: str, rel: str, pred: Any, names: list[str], latency: float, signals: dict[str, Any],
+         bundle: str) -> dict[str, Any]:
     classes = {}
     for c, name in enumerate(names):
         mask = pred.masks[..., c]
@@ -188,7 +195,8 @@ def _row(key: str, rel: str, pred: Any, names: list[str], latency: float) -> dic
     h, w = pred.masks.shape[:2]
     return {"key": key, "id": rel, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "width": w, "height": h, "skipped_by_gate": bool(pred.skipped), "classes": classes,
-            "latency_ms": round(latency * 1000, 1)}
+            "input": {"brightness": round(signals["brightness"], 3), "contrast": round(signals["contrast"], 3)},
+            "latency_ms": round(latency * 1000, 1), "bundle": bundle}
 
 
 class _Watcher:
@@ -203,6 +211,12 @@ class _Watcher:
             say(f"{self.log.path}: its last row was cut short (the watcher was killed while writing it); "
                 "dropped, that image is predicted again")
         self.stats = WatchStats()
+        self.monitor = _monitor(cfg, say)
+        self.metrics = None
+        if cfg.metrics_port is not None:
+            from steelseg.line.metrics import WatchMetrics
+
+            self.metrics = WatchMetrics(cfg.metrics_port, self.monitor)
         if cfg.overlays:
             (cfg.out / "overlays").mkdir(parents=True, exist_ok=True)
         skip = [cfg.out] + ([cfg.archive] if cfg.archive else [])
@@ -231,6 +245,8 @@ class _Watcher:
         dst = _move(path, self.cfg.out / "quarantine", self.rel(path))
         dst.with_name(dst.name + ".reason.txt").write_text(reason + "\n")
         self.stats.quarantined += 1
+        if self.metrics is not None:
+            self.metrics.quarantined.inc()
         self.say(f"quarantined {self.rel(path)}: {reason}")
 
     def load(self, ready: list[tuple[Path, float]]) -> list[tuple[Path, str, np.ndarray, float]]:
@@ -262,14 +278,60 @@ class _Watcher:
         t0 = time.perf_counter()
         preds = self.predictor.predict([img for _, _, img, _ in items])
         self.stats.predict_seconds += time.perf_counter() - t0
-        for (path, key, _, at), pred in zip(items, preds):
+        for (path, key, img, at), pred in zip(items, preds):
             latency = time.monotonic() - at
-            self.log.append(_row(key, self.rel(path), pred, self.predictor.class_names, latency))
+            signals = image_signals(img, pred.probs, pred.masks)
+            row = _row(key, self.rel(path), pred, self.predictor.class_names, latency, signals, self.cfg.bundle)
+            self.log.append(row)
+            if self.metrics is not None:
+                self.metrics.image({n: c["found"] for n, c in row["classes"].items()}, latency)
+            self.judge(signals)
             if self.cfg.overlays:
                 write_overlay(self.cfg.out / "overlays", self.rel(path), path, pred.masks, None)
             self.finish(path)
             self.stats.images += 1
             self.stats.latencies.append(latency)
+
+    def follow(self) -> None:
+        """A newly promoted champion takes over: loaded and checked first, so the old one serves until then."""
+        from steelseg.inference.predictor import Predictor
+        from steelseg.line.registry import fetch
+
+        path, version = fetch(self.cfg.follow, self.cfg.registry)
+        if str(path) == str(self.cfg.bundle):
+            return
+        try:
+            new = Predictor.from_bundle(path, device=self.cfg.device, tta=self.cfg.tta, backend=self.cfg.backend,
+                                        threads=self.cfg.threads)
+            new.predict([np.zeros((64, 64), np.uint8)])  # it runs before it takes over
+        except Exception as exc:  # noqa: BLE001 - a broken version must not stop the line
+            self.say(f"{self.cfg.follow}: version {version} did not load ({exc}); staying on {self.cfg.bundle}")
+            return
+        if new.class_names != self.predictor.class_names:
+            self.say(f"{self.cfg.follow}: version {version} has classes {new.class_names}, not "
+                     f"{self.predictor.class_names}; staying on {self.cfg.bundle}")
+            return
+        self.predictor, self.cfg.bundle = new, str(path)
+        self.monitor = _monitor(self.cfg, self.say)
+        if self.metrics is not None:
+            self.metrics.drift.monitor = self.monitor
+        self.say(f"{self.cfg.follow}: switched to version {version} ({path})")
+
+    def judge(self, signals: dict[str, Any]) -> None:
+        """Feed the drift monitor; at the end of each window, say and store its verdict (OUT/drift.json)."""
+        if self.metrics is not None:
+            verdict = self.metrics.drift.add(signals)  # the gauges show the latest window, sliding
+        elif self.monitor is not None:
+            verdict = self.monitor.add(signals)
+        else:
+            return
+        if verdict is None:
+            return
+        level = worst(verdict["rows"])
+        a, b = verdict["images"]
+        if level in ("warn", "alert"):
+            self.say(f"drift {level} over images {a}-{b}: {describe(verdict['rows'])}")
+        atomic_json(self.cfg.out / "drift.json", {"window": self.cfg.drift.window, "verdicts": self.monitor.verdicts})
 
     def step(self) -> bool:
         """One pass: the ready files in batches; False when nothing was ready."""
@@ -288,6 +350,19 @@ class _Watcher:
         return self.cfg.max_images is not None and self.stats.images >= self.cfg.max_images
 
 
+def _monitor(cfg: WatchConfig, say: Callable[[str], None]) -> DriftMonitor | None:
+    from steelseg.inference.reference import read_reference
+
+    ref = read_reference(cfg.bundle)
+    if ref is None:
+        say(f"{cfg.bundle}: no reference.json, so drift is not judged (steelseg tune or fit writes one)")
+        return None
+    if ref.images < cfg.drift.min_reference:
+        say(f"{cfg.bundle}/reference.json: {ref.images} reference images, fewer than {cfg.drift.min_reference}: "
+            "drift is reported but never alerted (tune on more validation images)")
+    return DriftMonitor(ref, cfg.drift)
+
+
 def watch(cfg: WatchConfig, stop: threading.Event | None = None,
           say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> WatchStats:
     """Predict the backlog, then every image that arrives, until ``stop`` is set (or the backlog is done with
@@ -297,12 +372,17 @@ def watch(cfg: WatchConfig, stop: threading.Event | None = None,
     stop = stop or threading.Event()
     w = _Watcher(cfg, stop, say)
     obs = None if cfg.once else _observer(w.inbox, cfg)
+    atomic_json(cfg.out / "watch.json", {"bundle": str(Path(cfg.bundle).resolve()), "in_dir": str(cfg.in_dir.resolve()),
+                                         "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     w.inbox.list_folder(w.done_in_place)
-    last_scan = last_line = time.monotonic()
+    last_scan = last_line = last_look = time.monotonic()
     try:
         while not stop.is_set() and not w.full():
             busy = w.step()
             now = time.monotonic()
+            if cfg.follow and now - last_look >= cfg.check_every:
+                w.follow()
+                last_look = now
             if cfg.once and not busy and not w.inbox.seen:
                 break
             if now - last_scan >= cfg.rescan:
@@ -317,6 +397,8 @@ def watch(cfg: WatchConfig, stop: threading.Event | None = None,
         if obs is not None:
             obs.stop()
             obs.join(timeout=5)
+        if w.metrics is not None:
+            w.metrics.close()
         w.log.close()
     say(w.stats.line(len(w.inbox.seen)))
     return w.stats

@@ -72,9 +72,13 @@ def _speed_paths(run: Path, data: str, names: list[str]) -> list[str]:
     """A few of ``run``'s validation images, the images both candidate pipelines are timed on."""
     import json
 
+    ids = json.loads((run / "split.json").read_text())["val"][:SPEED_IMAGES]
+    return _paths(data, names, ids)
+
+
+def _paths(data: str, names: list[str], ids: list[str]) -> list[str]:
     from steelseg.data.open import open_dataset
 
-    ids = json.loads((run / "split.json").read_text())["val"][:SPEED_IMAGES]
     return open_dataset(data, names).subset(ids).table["path"].tolist()
 
 
@@ -141,6 +145,7 @@ def finish(out: Path, plan: Plan, runs: list[Path], evals: list[dict[str, Any]],
     chosen = [runs[k] for k in choice["runs"]]
     write_bundle(out / "bundle", chosen, pp=pooled, class_names=names, overwrite=True,
                  extra={"tuned_on": {"data": plan.data, "how": "steelseg fit: out of fold", "fit": result}})
+    _reference(out / "bundle", chosen, plan)
     for run in runs:
         write_report(run, run / "report")
     atomic_text(out / "summary.md", render_summary(plan, result))
@@ -148,6 +153,19 @@ def finish(out: Path, plan: Plan, runs: list[Path], evals: list[dict[str, Any]],
     print(f"fit: bundle {out / 'bundle'}; summary {out / 'summary.md'}; reports {out / 'runs'}/*/report",
           file=sys.stderr)
     return result
+
+
+def _reference(bundle: Path, chosen: list[Path], plan: Any) -> None:
+    """The drift reference from the validation images of the first chosen model (an ensemble's other members
+    trained on some of them: said in reference.json)."""
+    import json
+
+    from steelseg.inference.reference import write_reference
+
+    val = json.loads((chosen[0] / "split.json").read_text())["val"]
+    how = f"steelseg fit: validation images of {chosen[0].name}" + (
+        f" (the ensemble's other {len(chosen) - 1} member(s) trained on them)" if len(chosen) > 1 else "")
+    write_reference(bundle, _paths(plan.data, plan.class_names, val), how)
 
 
 def _trained(run: Path) -> tuple[int, float]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,12 @@ import numpy as np
 
 from steelseg.data import rle
 from steelseg.data.images import image_size, max_pixels, read_image
+from steelseg.drift import DriftGauges, DriftMonitor, image_signals
 from steelseg.errors import DataError, SteelsegError
 from steelseg.inference import postprocess
 from steelseg.inference.bundle import read_bundle
 from steelseg.inference.predictor import Prediction, Predictor
+from steelseg.inference.reference import read_reference
 from steelseg.inference.uncertainty import Priority, image_priority
 
 __all__ = ["ApiError", "ServeConfig", "Service"]
@@ -40,6 +44,9 @@ class ServeConfig:
     max_queue: int = 16  # requests in flight per worker before new ones get 503 + Retry-After
     body_timeout: float = 30.0  # seconds a request body may take to arrive (then 408)
     shutdown_timeout: int = 10  # seconds a graceful shutdown waits for requests in flight
+    follow: str | None = None  # models:/LINE@champion: a newly promoted version takes over (Service.follow)
+    registry: str | None = None  # its MLflow registry URI (None: the local default)
+    check_every: float = 30.0  # seconds between looks at the registry
 
     def body_limit(self, path: str) -> int:
         """The largest request body a POST route takes: its images plus room for the multipart framing."""
@@ -71,7 +78,7 @@ def _bundle_id(path: Path) -> str:
 
 
 class _Metrics:
-    def __init__(self, class_names: list[str]) -> None:
+    def __init__(self, class_names: list[str], monitor: DriftMonitor | None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry()
@@ -86,6 +93,8 @@ class _Metrics:
                                 registry=self.registry)
         for n in class_names:  # every class shows from the start, so a rate of 0 is visible
             self.defects.labels(n)
+        self.drift = DriftGauges(self.registry, monitor)  # the drift of the images served (one worker's window)
+        self.drift_lock = threading.Lock()
 
 
 class Service:
@@ -98,7 +107,8 @@ class Service:
         # one image a request: OpenVINO on one stream with every thread (latency), not split streams
         self.predictor = Predictor.from_bundle(self.bundle, backend=cfg.backend, threads=cfg.threads, streams=1)
         self.bundle_id = _bundle_id(self.bundle)
-        self.metrics = _Metrics(self.predictor.class_names)
+        ref = read_reference(self.bundle)
+        self.metrics = _Metrics(self.predictor.class_names, DriftMonitor(ref) if ref is not None else None)
         self.lock = threading.Lock()  # one prediction at a time per worker: no oversubscribed cores
         self.feedback = None
         if cfg.feedback:
@@ -113,6 +123,36 @@ class Service:
 
             self.queue = ReviewQueue(Path(cfg.queue), self.bundle_id, self.rate, cfg.queue_random_every,
                                      max_bytes=cfg.max_bytes)
+        if cfg.follow:
+            threading.Thread(target=self._follow_loop, daemon=True, name="steelseg-follow").start()
+
+    def _follow_loop(self) -> None:
+        while True:
+            time.sleep(self.cfg.check_every)
+            try:
+                self.follow()
+            except Exception as exc:  # noqa: BLE001 - the registry down must not stop the service
+                print(f"warning: {self.cfg.follow}: {exc}; still serving {self.bundle_id}", file=sys.stderr, flush=True)
+
+    def follow(self) -> bool:
+        """Switch to the registry's newly promoted version, loaded and checked first: requests keep being answered
+        by the old one until the swap, which waits for the prediction in hand (the lock). True when it switched."""
+        from steelseg.line.registry import fetch
+
+        path, version = fetch(self.cfg.follow, self.cfg.registry)
+        if path.resolve() == self.bundle.resolve():
+            return False
+        new = Predictor.from_bundle(path, backend=self.cfg.backend, threads=self.cfg.threads, streams=1)
+        new.predict([np.zeros((64, 64), np.uint8)])  # it runs before it takes over
+        if new.class_names != self.predictor.class_names:
+            raise DataError(f"version {version} has classes {new.class_names}, not {self.predictor.class_names}")
+        ref = read_reference(path)
+        info, bundle_id = read_bundle(path), _bundle_id(path)
+        with self.lock:
+            self.predictor, self.bundle, self.info, self.bundle_id = new, path, info, bundle_id
+            self.metrics.drift.monitor = DriftMonitor(ref) if ref is not None else None
+        print(f"{self.cfg.follow}: switched to version {version} ({bundle_id})", file=sys.stderr, flush=True)
+        return True
 
     def rate(self, data: bytes, name: str) -> Priority:
         """How unsure the model is of one image (the review queue's order)."""
@@ -153,6 +193,8 @@ class Service:
             if area:
                 self.metrics.defects.labels(name).inc()
         self.metrics.images.inc()
+        with self.metrics.drift_lock:
+            self.metrics.drift.add(image_signals(image, pred.probs, pred.masks))
         h, w = image.shape[:2]
         return {"image": {"width": w, "height": h}, "bundle": self.bundle_id, "skipped_by_gate": pred.skipped,
                 "classes": classes, "timings_ms": {k: round(v * 1000, 2) for k, v in timings.items()}}
