@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=1000)
     ap.add_argument("--height", type=int, default=256)
     ap.add_argument("--width", type=int, default=1600)
-    ap.add_argument("--min-reference", type=int, default=100, help="as in configs/drift.yaml")
+    ap.add_argument("--min-reference", type=int, default=100, help="as in deploy/drift.yaml")
     ap.add_argument("--work", type=Path, default=Path("/tmp/drift-bench"))
     a = ap.parse_args()
     t0 = time.time()

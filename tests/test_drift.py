@@ -100,7 +100,7 @@ def test_watch_judges_a_dark_camera_and_monitor_says_so(tmp_path: Path, capsys) 
     wanted = {re.sub(r"_(total|bucket)$", "", m) for e in exprs for m in re.findall(r"steelseg_\w+", e)}
     assert wanted <= served | {"steelseg_drift_excess_psi", "steelseg_drift_level", "steelseg_defect_rate"}, \
         wanted - served
-    rc, out, err = cli_run(capsys, "monitor", tmp_path / "out", "--drift", ROOT / "configs" / "drift.yaml")
+    rc, out, err = cli_run(capsys, "monitor", tmp_path / "out", "--drift", ROOT / "deploy" / "drift.yaml")
     assert rc == 0 and "  images " not in out and "latest 100 images: alert: brightness" in out, out  # no full window
     (tmp_path / "d.yaml").write_text("window: 50\n")
     rc, out, _ = cli_run(capsys, "monitor", tmp_path / "out", "--drift", tmp_path / "d.yaml")

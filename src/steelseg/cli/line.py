@@ -33,7 +33,7 @@ def _drift(path: Path | None) -> Any:
     if path is None:
         return DriftConfig()
     if not path.is_file():
-        raise SteelsegError(f"--drift {path}: no such file (configs/drift.yaml is an example)")
+        raise SteelsegError(f"--drift {path}: no such file (deploy/drift.yaml is an example)")
     cfg = build(DriftConfig, load_yaml(path.read_text(), str(path)) or {}, f"{path}: ")
     if cfg.window < 10 or not 0 <= cfg.warn <= cfg.alert or cfg.min_reference < 1:
         raise SteelsegError(f"{path}: window must be >= 10, 0 <= warn <= alert, min_reference >= 1")
@@ -161,7 +161,7 @@ def register(sub: Any) -> None:
                    help="seconds between progress lines on stderr (default 10)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--drift", type=Path, default=None, metavar="YAML",
-                   help="drift thresholds (window, warn, alert, min_reference; configs/drift.yaml): judged against "
+                   help="drift thresholds (window, warn, alert, min_reference; deploy/drift.yaml): judged against "
                         "the bundle's reference.json every window of images, said on stderr, kept in OUT/drift.json")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                    help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (images, latency, defect rate, "
