@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.steelseg-installed
 DEMO ?= runs/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench image clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,serve,export,openvino,pretrained,kaggle,tiramisu,line]"
+	$(PY) -m pip install -q -e ".[dev,serve,export,openvino,pretrained,kaggle,tiramisu,line,ray,docs]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -20,6 +20,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 tests
+
+# the container image (podman, a Debian base made here with debootstrap), smoke-run on an ONNX bundle: SMOKE_BUNDLE,
+# else a tiny random-init one exported here (deploy/image/smoke_bundle.py)
+image: $(STAMP)
+	@b="$${SMOKE_BUNDLE:-}"; if [ -z "$$b" ]; then rm -rf .image-smoke && $(PY) deploy/image/smoke_bundle.py .image-smoke >/dev/null && b=.image-smoke/onnx; fi; \
+	PY=$(PY) SMOKE_BUNDLE=$$b deploy/image/make-image.sh onnx
 
 bench: $(STAMP)
 	$(PY) bench/rle.py

@@ -30,9 +30,11 @@ ALLOWED = {
     "serve": {GROUND, "data", "models", "inference", "line"},  # line: the registry a followed bundle comes from
     "line": {GROUND, "data", "models", "inference"},
     "kaggle": {GROUND, "data", "models", "inference"},
+    "engine": {GROUND, "data", "models", "inference"},  # archive prediction: local or Ray, behind one seam
     "reports": {GROUND, "data", "models", "training", "inference"},
     "planning": {GROUND, "data", "models", "training", "inference", "reports"},
-    "cli": {GROUND, "data", "models", "training", "inference", "serve", "line", "reports", "kaggle", "planning"},
+    "cli": {GROUND, "data", "models", "training", "inference", "serve", "line", "reports", "kaggle", "planning",
+            "engine"},
     "demo": {GROUND, "cli"},
 }
 MAX_MODULE_LINES = 450

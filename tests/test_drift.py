@@ -106,6 +106,8 @@ def test_watch_judges_a_dark_camera_and_monitor_says_so(tmp_path: Path, capsys) 
     rc, out, _ = cli_run(capsys, "monitor", tmp_path / "out", "--drift", tmp_path / "d.yaml")
     assert rc == 0 and "images 1-50: no drift" in out and "images 51-100: alert: brightness" in out, out
     assert (tmp_path / "out" / "monitor.png").is_file()
+    page = (tmp_path / "out" / "monitor.html").read_text()  # the monitoring report, the same product as the others
+    assert 'class="level-alert">alert</b>' in page and "51-100" in page and 'src="monitor.png"' in page
 
 
 def _free_port() -> int:

@@ -88,16 +88,17 @@ def test_the_kit_holds_what_kaggle_needs(kit):
 
 
 def _readme_line(start: str) -> list[str]:
-    """The README's command that starts with ``start``, as written (its comment cut off)."""
+    """The docs' command that starts with ``start`` (README or a docs page), as written (its comment cut off)."""
     import shlex
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    line = next(ln for ln in readme.splitlines() if ln.startswith(start))
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    line = next(ln for ln in text.splitlines() if ln.startswith(start))
     return shlex.split(line.split("#")[0])
 
 
 def test_rehearsal_offline_matches_steelseg_predict(kit, tmp_path, monkeypatch):
-    """The README's rehearsal line, run as written (relative paths) in a folder laid out as it names."""
+    """The docs' rehearsal line (docs/kaggle.md), run as written (relative paths) in a folder laid out as it names."""
     import shutil
 
     from steelseg.cli import main

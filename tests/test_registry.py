@@ -72,6 +72,25 @@ def test_register_promote_refuse_rollback_and_watch_follows(tmp_path: Path, caps
     assert not refused["promoted"] and refused["champion_score"]["dice"] == pytest.approx(1.0)
     assert refused["candidate_score"]["dice"] == pytest.approx(0.0)
     _watch_follows(tmp_path, reg, client, capsys)
+    _serve_follows(tmp_path, reg, everything)
+
+
+def _serve_follows(tmp_path: Path, reg: str, everything: Path) -> None:
+    """serve started on a bundle that finds everything, following the champion (v1 after the rollback: finds
+    nothing): the swap changes the predictions, the id answers carry, and the review queue's and feedback's bundle."""
+    from steelseg.serve.service import ServeConfig, Service
+
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    cfg = ServeConfig(bundle=str(everything), feedback=str(tmp_path / "fb"), queue=str(queue),
+                      follow="models:/line2@champion", registry=reg, check_every=3600)
+    svc = Service(cfg)
+    image = np.full((32, 48), 90, np.uint8)
+    before, old_id = svc.predict([image])[0], svc.bundle_id
+    assert before.masks.any()
+    assert svc.follow() is True and svc.follow() is False
+    assert svc.bundle_id != old_id and svc.queue.bundle_id == svc.bundle_id == svc.feedback.bundle_id
+    assert not svc.predict([image])[0].masks.any()
 
 
 def _watch_follows(tmp_path: Path, reg: str, client, capsys) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LEVELS", "DriftConfig", "DriftGauges", "DriftMonitor", "Reference", "compare", "describe", "excess_psi", "image_signals", "psi",
+           "psi_noise",
            "worst"]
 
 EDGES = {
@@ -59,12 +60,16 @@ def psi(ref: np.ndarray, win: np.ndarray) -> float:
     return float(np.sum((w - r) * np.log(w / r)))
 
 
-def excess_psi(ref: np.ndarray, win: np.ndarray) -> float:
-    """PSI above what sampling alone gives for these bin and sample counts (see the module's text)."""
+def psi_noise(ref: np.ndarray, win: np.ndarray) -> float:
+    """The PSI that sampling alone gives for these bin and sample counts (see the module's text)."""
     n_r, n_w = float(np.sum(ref)), float(np.sum(win))
     k = int(np.count_nonzero(np.asarray(ref) + np.asarray(win)))
-    noise = (max(k, 2) - 1) * (1 / max(n_r, 1.0) + 1 / max(n_w, 1.0))
-    return psi(ref, win) - noise
+    return (max(k, 2) - 1) * (1 / max(n_r, 1.0) + 1 / max(n_w, 1.0))
+
+
+def excess_psi(ref: np.ndarray, win: np.ndarray) -> float:
+    """PSI above what sampling alone gives (:func:`psi_noise`)."""
+    return psi(ref, win) - psi_noise(ref, win)
 
 
 @dataclass
@@ -134,10 +139,11 @@ def compare(ref: _Counts, win: _Counts, cfg: DriftConfig) -> list[dict[str, Any]
                      np.array([win.images - win.found[c], win.found[c]])))
     out = []
     for name, r, w in rows:
-        ex = excess_psi(r, w)
+        p = psi(r, w)
+        ex = p - psi_noise(r, w)
         level = "unjudged" if ref.images < cfg.min_reference else \
             "alert" if ex > cfg.alert else "warn" if ex > cfg.warn else "ok"
-        row = {"signal": name, "psi": round(psi(r, w), 4), "excess": round(ex, 4), "level": level}
+        row = {"signal": name, "psi": round(p, 4), "excess": round(ex, 4), "level": level}
         if name.startswith("rate:"):
             row.update(reference=round(r[1] / max(r.sum(), 1), 4), window=round(w[1] / max(w.sum(), 1), 4))
         out.append(row)

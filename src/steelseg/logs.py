@@ -24,7 +24,7 @@ __all__ = ["LIBRARIES", "RESAY", "install", "log_to", "resay"]
 # the loggers whose console output is the libraries' chatter
 LIBRARIES = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning", "mlflow",
              "alembic", "torch", "timm", "urllib3", "matplotlib", "PIL", "albumentations", "onnxruntime", "openvino",
-             "nncf", "py.warnings", "numexpr", "httpx", "filelock", "fsspec")
+             "nncf", "py.warnings", "numexpr", "httpx", "filelock", "fsspec", "ray", "ray.data", "ray.train", "ray.tune")
 # (what a library's record says, steelseg's words on stderr): warnings about the user's data or results
 RESAY: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(Corrupt EXIF|Truncated File|Palette images with Transparency|DecompressionBomb|image file is "

@@ -85,8 +85,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def device(name: str) -> str:
+    """``auto``: CUDA where PyTorch sees a GPU, else the CPU (also where PyTorch is not installed: an ONNX Runtime /
+    OpenVINO install, such as the container image, predicts without it)."""
     if name != "auto":
         return name
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

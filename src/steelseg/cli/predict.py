@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from steelseg.cli.archive import add_engine_args, predict_archive_cmd
 from steelseg.cli.common import add_backend_args, add_pipeline_args, add_tile_args, class_names, device, table
 from steelseg.errors import SteelsegError
 
@@ -222,6 +223,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     tta = True if args.tta else (False if args.no_tta else None)
     bundle, _ = resolve_bundle(args.bundle, args.registry)
+    if args.engine:
+        return predict_archive_cmd(args, bundle, tta)
     res = predict_folder(bundle, args.images, args.out, args.overlays, args.labels, tta,
                          device(args.device), progress=sys.stderr.isatty(), backend=args.backend,
                          threads=args.threads, recursive=args.recursive, tile=args.tile, overlap=args.overlap,
@@ -375,8 +378,11 @@ def register(sub: Any) -> None:
                        description="Run a bundle over every image in IMAGES and write OUT/submission.csv "
                                    "(ImageId,EncodedPixels,ClassId; written atomically) and optional overlays.")
     p.add_argument("bundle", help="bundle folder (steelseg tune / steelseg bundle), or models:/LINE@champion")
-    p.add_argument("images", help="folder of images")
+    p.add_argument("images", help="folder of images (with --engine: a folder tree, a glob such as 'shift*/**/*.jpg', a "
+                                  "manifest of paths, .txt one a line or .parquet with a 'path' column, or a URI "
+                                  "such as s3://bucket/prefix read through pyarrow)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_engine_args(p)
     p.add_argument("--overlays", action="store_true", help="save PNG overlays of the predicted masks")
     p.add_argument("--labels", default=None, help="labelled dataset: ground truth beside overlays, and Dice")
     p.add_argument("--tta", action="store_true", help="force flip TTA on")
@@ -390,7 +396,8 @@ def register(sub: Any) -> None:
     p.add_argument("--prefetch", default="auto", choices=["auto", "on", "off"], help="decode the next images in a "
                    "thread while the model runs (auto: on with more than 2 cores; bench/predict_stream.py measures it)")
     p.add_argument("--format", default=None, metavar="F[,F...]",
-                   help="also write the predictions as pre-annotations for a labelling tool, in OUT/<format> with the "
+                   help="with --engine: parquet (default) or csv rows. Without: also write the predictions as "
+                        "pre-annotations for a labelling tool, in OUT/<format> with the "
                         "images: labelme, yolo, cvat, labelstudio (or coco, masks); comma-separated for several. "
                         "Import the folder into the tool and correct what the model got wrong")
     p.add_argument("--registry", default=None, metavar="URI", help="MLflow registry of a models:/ bundle")

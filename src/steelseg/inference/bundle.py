@@ -10,6 +10,7 @@ by :meth:`steelseg.inference.Predictor.from_bundle`::
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from steelseg.inference.openvino import IR_FILE
 from steelseg.models.checkpoint import model_file, read_model_json
 from steelseg.schema import BundleInfo, ModelMeta, build, load_json, to_dict
 
-__all__ = ["BUNDLE_JSON", "bundle_backend", "bundle_model_dirs", "read_bundle", "resolve_model_dir", "write_bundle"]
+__all__ = ["BUNDLE_JSON", "bundle_backend", "bundle_id", "bundle_model_dirs", "read_bundle", "resolve_model_dir", "write_bundle"]
 
 BUNDLE_JSON = "bundle.json"
 
@@ -47,6 +48,16 @@ def bundle_backend(metas: dict[Path, ModelMeta]) -> str:
                           for f in sorted(set(formats.values())))
         raise DataError(f"models mix formats: {parts}. Export the whole bundle with `steelseg export`")
     return next(iter(formats.values()))
+
+
+def bundle_id(path: str | Path) -> str:
+    """A short content hash of the bundle's small files: which model answered (serve's responses, archive rows)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*.json")):
+        h.update(p.relative_to(path).as_posix().encode())
+        h.update(p.read_bytes())
+    return f"{path.name}-{h.hexdigest()[:12]}"
 
 
 def read_bundle(path: str | Path) -> BundleInfo:

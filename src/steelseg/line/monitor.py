@@ -9,7 +9,8 @@ from typing import Any
 
 from steelseg.drift import DriftConfig, DriftMonitor, worst
 from steelseg.errors import DataError
-from steelseg.fsutil import atomic_json
+from steelseg.fsutil import atomic_json, atomic_text
+from steelseg.pages import render
 
 __all__ = ["monitor_folder", "row_signals"]
 
@@ -37,7 +38,7 @@ def _rows(log: Path) -> list[dict[str, Any]]:
 
 
 def monitor_folder(out: str | Path, bundle: str | Path | None = None, cfg: DriftConfig | None = None) -> dict[str, Any]:
-    """Judge every full window of ``out/results.jsonl``; write ``monitor.json`` and ``monitor.png``."""
+    """Judge every full window of ``out/results.jsonl``; write ``monitor.json``, ``monitor.png`` and ``monitor.html``."""
     from steelseg.inference.reference import read_reference
 
     out, cfg = Path(out), cfg or DriftConfig()
@@ -60,6 +61,9 @@ def monitor_folder(out: str | Path, bundle: str | Path | None = None, cfg: Drift
     atomic_json(out / "monitor.json", result)
     if mon.verdicts:
         _plot(mon.verdicts, cfg, out / "monitor.png")
+    windows = [{**v, "level": worst(v["rows"])} for v in mon.verdicts]
+    atomic_text(out / "monitor.html", render("monitor.html", out=str(out), m={**result, "windows": windows},
+                                             plot="monitor.png" if mon.verdicts else None))
     return result
 
 

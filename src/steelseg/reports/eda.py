@@ -7,7 +7,6 @@ Kaggle RLE in the pass) and every image is decoded once for brightness statistic
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,14 @@ from steelseg.data.open import open_dataset
 from steelseg.data.table import DefectDataset, one_hot
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_text
+from steelseg.pages import render
 from steelseg.reports.eda_plots import EdaNumbers, plot_all
+
+# the report's plot sections: (heading, [(figure key, alt text)])
+SECTIONS = [("Counts", [("counts", "images per class")]), ("Co-occurrence", [("cooccurrence", "class co-occurrence")]),
+            ("Mask areas and connected components", [("areas", "mask areas"), ("components", "components per mask")]),
+            ("Where defects sit", [("heatmaps", "position heatmaps")]),
+            ("Image statistics", [("brightness", "brightness and contrast")])]
 
 __all__ = ["MaskStats", "run_eda"]
 
@@ -170,12 +176,11 @@ def _summary(data: str | Path, ds: DefectDataset, sampled: bool, stats: MaskStat
     }
 
 
-def _gallery_html(ds: DefectDataset, img_dir: Path, gallery_ids: dict[int, list[int]],
-                  gallery: dict[int, np.ndarray]) -> str:
-    """The gallery's PNGs (at most 800 pixels wide) and its HTML, one heading per class and defect-free."""
+def _gallery(ds: DefectDataset, img_dir: Path, gallery_ids: dict[int, list[int]],
+             gallery: dict[int, np.ndarray]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The gallery's PNGs (at most 800 pixels wide), and per class and defect-free: (title, [(file, image id)])."""
     out = []
     for c in list(range(ds.num_classes)) + [-1]:
-        title = "defect-free" if c < 0 else ds.class_names[c]
         cells = []
         for i in gallery_ids[c]:
             pic = gallery[i]
@@ -183,10 +188,9 @@ def _gallery_html(ds: DefectDataset, img_dir: Path, gallery_ids: dict[int, list[
                 pic = cv2.resize(pic, (800, round(pic.shape[0] * 800 / pic.shape[1])), interpolation=cv2.INTER_AREA)
             fname = f"gallery_{'free' if c < 0 else c + 1}_{i}.png"
             viz.write_rgb(img_dir / fname, pic)
-            cells.append(f'<figure><img src="img/{fname}" alt="{html.escape(ds.table.iloc[i]["image_id"])}">'
-                         f'<figcaption>{html.escape(ds.table.iloc[i]["image_id"])}</figcaption></figure>')
-        out.append(f"<h3>{html.escape(title)}</h3>" + ("".join(cells) or "<p>none</p>"))
-    return "".join(out)
+            cells.append((fname, str(ds.table.iloc[i]["image_id"])))
+        out.append(("defect-free" if c < 0 else ds.class_names[c], cells))
+    return out
 
 
 def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = None, sample: int | None = None,
@@ -213,51 +217,8 @@ def run_eda(data: str | Path, out: str | Path, class_names: list[str] | None = N
     numbers = EdaNumbers(ds.class_names, ds.presence(), ds.areas(), brightness, contrast, stats,
                          summary["defects_per_image"], summary["cooccurrence"])
     figs = plot_all(img_dir, numbers)
-    legend = "".join(f'<span class="sw" style="background:rgb{viz.color_of(c)}"></span>{html.escape(nm)} '
-                     for c, nm in enumerate(ds.class_names))
+    legend = [(nm, tuple(viz.color_of(c))) for c, nm in enumerate(ds.class_names)]
     atomic_text(out / "summary.json", json.dumps(summary, indent=2))
-    _write_html(out / "index.html", summary, figs, _gallery_html(ds, img_dir, gallery_ids, gallery), legend)
+    atomic_text(out / "index.html", render("eda.html", s=summary, figs=figs, sections=SECTIONS, legend=legend,
+                                           gallery=_gallery(ds, img_dir, gallery_ids, gallery)))
     return summary
-
-
-def _write_html(path: Path, s: dict[str, Any], figs: dict[str, str], gallery: str, legend: str) -> None:
-    rows = "".join(
-        f"<tr><td>{c['id']}</td><td>{html.escape(c['name'])}</td><td>{c['images']}</td>"
-        f"<td>{100 * c['image_share']:.1f}%</td><td>{100 * c['pixel_share']:.3f}%</td>"
-        f"<td>{c['area']['p1']:.0f}</td><td>{c['area']['p5']:.0f}</td><td>{c['area']['p50']:.0f}</td>"
-        f"<td>{c['components_per_mask']['mean']:.2f}</td><td>{c['brightness_mean']:.1f}</td>"
-        f"<td>{c['all_empty_dice']:.4f}</td></tr>"
-        for c in s["classes"])
-    img = lambda key, alt: f'<img src="img/{figs[key]}" alt="{alt}">'  # noqa: E731
-    free_b = "none in this data" if s["brightness_defect_free"] is None else f"{s['brightness_defect_free']:.1f}"
-    doc = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>steelseg EDA: {html.escape(s['data'])}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th {{ background: #f3f3f3; }} figure {{ display: inline-block; margin: 4px; }} figure img {{ max-width: 800px; }}
-figcaption {{ font-size: 12px; color: #555; }} .sw {{ display: inline-block; width: 14px; height: 14px; margin: 0 4px 0 12px; vertical-align: middle; }}
-.kpi {{ display: inline-block; margin-right: 2em; }} .kpi b {{ font-size: 1.4em; display: block; }}
-</style></head><body>
-<h1>Dataset report</h1>
-<p>{html.escape(s['data'])} ({s['layout']} layout{', sampled' if s['sampled'] else ''}); image sizes {', '.join(s['image_sizes'])}</p>
-<div>
-<span class="kpi"><b>{s['images']}</b>images</span>
-<span class="kpi"><b>{100 * s['defect_free_share']:.1f}%</b>defect-free</span>
-<span class="kpi"><b>{s['pairs']}</b>(image, class) pairs, {s['nonempty_pairs']} with a defect</span>
-<span class="kpi"><b>{s['all_empty_dice']:.4f}</b>Kaggle Dice of an all-empty submission</span>
-</div>
-<h2>Classes</h2>
-<table><tr><th>id</th><th>class</th><th>images</th><th>image share</th><th>pixel share</th><th>area p1</th>
-<th>area p5</th><th>area median</th><th>components / mask</th><th>brightness</th><th>all-empty Dice</th></tr>{rows}</table>
-<p>Defect-free images: mean brightness {free_b}. Small mask areas (p1, p5) are where to start the
-minimum-area search of post-processing.</p>
-<h2>Counts</h2>{img('counts', 'images per class')}
-<h2>Co-occurrence</h2>{img('cooccurrence', 'class co-occurrence')}
-<h2>Mask areas and connected components</h2>{img('areas', 'mask areas')}{img('components', 'components per mask')}
-<h2>Where defects sit</h2>{img('heatmaps', 'position heatmaps')}
-<h2>Image statistics</h2>{img('brightness', 'brightness and contrast')}
-<h2>Gallery</h2><p>Legend: {legend}</p>{gallery}
-</body></html>
-"""
-    atomic_text(path, doc)

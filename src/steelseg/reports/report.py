@@ -9,7 +9,6 @@ validation images with prediction and truth side by side.
 from __future__ import annotations
 
 import csv
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, atomic_text, check_writable_dir
+from steelseg.pages import render
 from steelseg.reports.figures import pyplot, save_figure  # one way to save a figure, shared with the EDA report
 
 __all__ = ["write_report"]
@@ -147,7 +147,12 @@ def write_report(run: str | Path, out: str | Path, worst: int = 6) -> dict[str, 
               "search": search_rows, "worst": [{"image": i, "dice": d} for _, i, d in worst_pics],
               "detection": detection}
     atomic_json(out / "report.json", report)
-    _page(out, run, summary, figs, per_class, search, search_rows, worst_pics, eval_dir, _detection_html(detection))
+    det_rows = [*detection["per_class"].items(), ("any defect", detection["any"])] if detection else []
+    head = [(k, v) for k, v in summary.items() if not k.startswith(("dice_", "iou_"))]
+    atomic_text(out / "index.html", render("run.html", name=run.name, run=str(run), head=head, figs=figs,
+                                           per_class=per_class, detection=detection, detection_rows=det_rows,
+                                           search=search, search_rows=search_rows, eval_dir=str(eval_dir),
+                                           worst=[(n, str(i), d) for n, i, d in worst_pics]))
     return report
 
 
@@ -157,56 +162,3 @@ def _detection(eval_dir: Path | None) -> dict[str, Any] | None:
     if path is None or not path.is_file():
         return None
     return json.loads(path.read_text()).get("detection")
-
-
-def _detection_html(det: dict[str, Any] | None) -> str:
-    if not det:
-        return "<p>Not evaluated yet (or evaluated before image-level scores existed).</p>"
-    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{_f(d['ap'])}</td><td>{d['missed']} of {d['defective']}</td>"
-                   f"<td>{d['false_alarms']} of {d['defect_free']}</td></tr>"
-                   for n, d in [*det["per_class"].items(), ("any defect", det["any"])])
-    return (f"<p>Image score: {html.escape(det['score'])}. Missed and flagged images are those of the final "
-            "masks (the post-processing evaluated).</p><table><tr><th>class</th><th>AP</th><th>defective images "
-            f"missed</th><th>defect-free images flagged</th></tr>{rows}</table>")
-
-
-def _f(v: Any) -> str:
-    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
-
-
-def _page(out: Path, run: Path, s: dict[str, Any], figs: dict[str, str], per_class: list, search: str | None,
-          search_rows: list[dict[str, Any]], worst: list, eval_dir: Path | None, detection_html: str) -> None:
-    head = "".join(f"<tr><th>{html.escape(k)}</th><td>{_f(v)}</td></tr>" for k, v in s.items()
-                   if not k.startswith(("dice_", "iou_")))
-    classes = "".join(f"<tr><td>{html.escape(n)}</td><td>{_f(d)}</td><td>{_f(i)}</td></tr>" for n, d, i in per_class)
-    if search:
-        rows = "".join(f"<tr><td>{html.escape(r['class'])}</td><td>{r['dice_at_0.5']:.4f}</td>"
-                       f"<td>{r['best_threshold']:.2f}</td><td>{r['best_min_area']}</td><td>{r['best_dice']:.4f}</td></tr>"
-                       for r in search_rows)
-        search_html = (f'<img src="img/{search}" alt="post-processing search"><table><tr><th>class</th>'
-                       f"<th>Dice at 0.5</th><th>best threshold</th><th>best minimum area</th><th>best Dice</th></tr>"
-                       f"{rows}</table><p>From the histograms saved in {html.escape(str(eval_dir))}.</p>")
-        worst_html = "".join(f'<figure><img src="img/{n}" alt="{html.escape(i)}"><figcaption>{html.escape(i)}: '
-                             f"mean Dice {d:.3f}</figcaption></figure>" for n, i, d in worst)
-    else:
-        search_html = f"<p>Not evaluated yet: run <code>steelseg evaluate {html.escape(str(run))} --data DATA</code> " \
-                      "(or tune) and build the report again.</p>"
-        worst_html = search_html
-    doc = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>steelseg run: {html.escape(run.name)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
-th {{ background: #f3f3f3; }} figure {{ display: inline-block; margin: 4px; }} figure img {{ max-width: 1100px; }}
-figcaption {{ font-size: 12px; color: #555; }}
-</style></head><body>
-<h1>Run {html.escape(run.name)}</h1>
-<table>{head}</table>
-<h2>Curves</h2><img src="img/{figs['loss']}" alt="loss curves"><img src="img/{figs['scores']}" alt="validation scores">
-<h2>Per class, best epoch</h2><table><tr><th>class</th><th>Dice</th><th>IoU</th></tr>{classes}</table>
-<h2>Image-level detection</h2>{detection_html}
-<h2>Post-processing search</h2>{search_html}
-<h2>Worst validation images</h2>{worst_html}
-</body></html>
-"""
-    atomic_text(out / "index.html", doc)

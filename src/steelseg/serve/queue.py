@@ -59,6 +59,13 @@ class ReviewQueue:
         self.sent: dict[str, str] = self._load("sent.json", {})
         self.errors: dict[str, str] = {}
 
+    def use_bundle(self, bundle_id: str) -> None:
+        """A new model serves: the queue is ordered by its own scores (rated again as they are needed; a model
+        served before keeps its cache), not the old model's."""
+        self.bundle_id = bundle_id
+        self.scores = self._load(f"scores-{bundle_id}.json", {})
+        self.errors = {k: v for k, v in self.errors.items() if k.startswith("size:")}  # a file's size stays
+
     def _load(self, name: str, default: Any) -> Any:
         path = self.state / name
         try:

@@ -3,7 +3,6 @@ feedback writer; image decoding with the limits, and the JSON description of a p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ from steelseg.data.images import image_size, max_pixels, read_image
 from steelseg.drift import DriftGauges, DriftMonitor, image_signals
 from steelseg.errors import DataError, SteelsegError
 from steelseg.inference import postprocess
-from steelseg.inference.bundle import read_bundle
+from steelseg.inference.bundle import bundle_id, read_bundle
 from steelseg.inference.predictor import Prediction, Predictor
 from steelseg.inference.reference import read_reference
 from steelseg.inference.uncertainty import Priority, image_priority
@@ -68,15 +67,6 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-def _bundle_id(path: Path) -> str:
-    """A short content hash of the bundle's small files: which model answered, on every response."""
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*.json")):
-        h.update(p.relative_to(path).as_posix().encode())
-        h.update(p.read_bytes())
-    return f"{path.name}-{h.hexdigest()[:12]}"
-
-
 class _Metrics:
     def __init__(self, class_names: list[str], monitor: DriftMonitor | None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -106,7 +96,7 @@ class Service:
         self.info = read_bundle(self.bundle)
         # one image a request: OpenVINO on one stream with every thread (latency), not split streams
         self.predictor = Predictor.from_bundle(self.bundle, backend=cfg.backend, threads=cfg.threads, streams=1)
-        self.bundle_id = _bundle_id(self.bundle)
+        self.bundle_id = bundle_id(self.bundle)
         ref = read_reference(self.bundle)
         self.metrics = _Metrics(self.predictor.class_names, DriftMonitor(ref) if ref is not None else None)
         self.lock = threading.Lock()  # one prediction at a time per worker: no oversubscribed cores
@@ -147,11 +137,15 @@ class Service:
         if new.class_names != self.predictor.class_names:
             raise DataError(f"version {version} has classes {new.class_names}, not {self.predictor.class_names}")
         ref = read_reference(path)
-        info, bundle_id = read_bundle(path), _bundle_id(path)
+        info, new_id = read_bundle(path), bundle_id(path)
         with self.lock:
-            self.predictor, self.bundle, self.info, self.bundle_id = new, path, info, bundle_id
+            self.predictor, self.bundle, self.info, self.bundle_id = new, path, info, new_id
             self.metrics.drift.monitor = DriftMonitor(ref) if ref is not None else None
-        print(f"{self.cfg.follow}: switched to version {version} ({bundle_id})", file=sys.stderr, flush=True)
+            if self.feedback is not None:  # reviews say which model they corrected
+                self.feedback.bundle_id = new_id
+        if self.queue is not None:  # outside the lock: it only reloads a cache; rating takes the lock itself
+            self.queue.use_bundle(new_id)
+        print(f"{self.cfg.follow}: switched to version {version} ({new_id})", file=sys.stderr, flush=True)
         return True
 
     def rate(self, data: bytes, name: str) -> Priority:

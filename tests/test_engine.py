@@ -1,0 +1,243 @@
+"""Archive prediction (issue #41): the local and Ray engines write the same rows, masks equal to the single-process
+`steelseg predict` bit for bit; a bad image is an error row; a driver killed mid-job resumes with only the rest
+predicted, none twice; the model is loaded once per worker; the embedded Ray instance leaves no process behind;
+sources as folder trees, globs and manifests. Every Ray run is bounded in time (a scheduling deadlock is a hang)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import cli_run, tiny_bundle_at
+
+NAMES = ["pit", "scratch"]
+N_RAY = 48  # images of the Ray job: enough batches that a worker killed at the first shard still had work
+
+
+def _images(root: Path, n: int, sub: str = "", shape: tuple[int, int] = (64, 96)) -> Path:
+    rng = np.random.default_rng(0)
+    folder = root / sub if sub else root
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 255, shape, np.uint8)).save(folder / f"im{k:03d}.png")
+    return root
+
+
+def _submission(path: Path) -> dict[tuple[str, str], str]:
+    with open(path, newline="") as fh:
+        return {(r["ImageId"], r["ClassId"]): r["EncodedPixels"] for r in csv.DictReader(fh)}
+
+
+def _rows(out: Path) -> list[dict]:
+    from steelseg.engine.sink import read_rows
+
+    return list(read_rows(out))
+
+
+def test_local_engine_rows_match_single_process_predict(tmp_path: Path, capsys) -> None:
+    bundle = tiny_bundle_at(tmp_path / "b", NAMES)
+    imgs = _images(tmp_path / "imgs", 6)
+    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    rc, _, err = cli_run(capsys, "predict", bundle, imgs, "--out", tmp_path / "single", "--on-error", "skip")
+    assert rc == 3, err
+    rc, out, err = cli_run(capsys, "predict", bundle, imgs, "--out", tmp_path / "job", "--engine", "local")
+    assert rc == 3 and "1 image(s) could not be predicted" in err, err
+    assert _submission(tmp_path / "job" / "submission.csv") == _submission(tmp_path / "single" / "submission.csv")
+    rows = {r["image_id"]: r for r in _rows(tmp_path / "job")}
+    assert len(rows) == 7 and rows["broken.png"]["error"] and not rows["im000.png"]["error"]
+    workers = {r["worker"] for r in rows.values()}  # host:pid/k, k counting the bundle's loads in the process
+    assert len(workers) == 1 and workers.pop().startswith(f"{os.uname().nodename}:{os.getpid()}/")
+    # the same job again is refused without --resume, and with it predicts nothing more
+    rc, _, err = cli_run(capsys, "predict", bundle, imgs, "--out", tmp_path / "job", "--engine", "local")
+    assert rc == 2 and "--resume" in err
+    rc, out, err = cli_run(capsys, "predict", bundle, imgs, "--out", tmp_path / "job", "--engine", "local", "--resume")
+    assert "7 images" in out and "(0 now" in out, out
+    assert len(_rows(tmp_path / "job")) == 7
+
+
+def test_sources_folder_tree_glob_and_manifests(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from steelseg.engine.source import list_source
+
+    root = _images(tmp_path / "arch", 2, "day1")
+    _images(root, 3, "day2")
+    (root / "day2" / "notes.txt").write_text("not an image")
+    tree = [i.image_id for i in list_source(str(root))]
+    assert tree == ["day1/im000.png", "day1/im001.png", "day2/im000.png", "day2/im001.png", "day2/im002.png"]
+    assert [i.image_id for i in list_source(str(root / "day2" / "*.png"))] == ["im000.png", "im001.png", "im002.png"]
+    assert len(list_source(str(root) + "/**/*.png")) == 5
+    (tmp_path / "list.txt").write_text("# shift A\narch/day1/im001.png\n\narch/day2/im000.png\n")
+    items = list_source(str(tmp_path / "list.txt"))
+    assert [i.image_id for i in items] == ["arch/day1/im001.png", "arch/day2/im000.png"]
+    assert all(Path(i.uri).is_file() for i in items)
+    pq.write_table(pa.table({"path": [str(root / "day1" / "im000.png")]}), tmp_path / "m.parquet")
+    assert [Path(i.uri).name for i in list_source(str(tmp_path / "m.parquet"))] == ["im000.png"]
+    uri = [i.uri for i in list_source(f"file://{root}")]
+    assert len(uri) == 5 and uri[0].startswith("file://")
+
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'steelseg[ray]')")
+
+
+def _ray_env() -> dict[str, str]:
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def _raylets() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout.split()
+    return {int(p) for p in out}
+
+
+def _job(bundle: Path, imgs: Path, out: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "steelseg.cli", "predict", str(bundle), str(imgs), "--out", str(out), "--batch", "4",
+            "--shard-rows", "4", *flags]
+
+
+@pytest.mark.timeout(120)
+def test_a_driver_killed_mid_job_resumes_with_only_the_rest(tmp_path: Path) -> None:
+    """Shards are written whole: after a kill -9 of the driver, --resume predicts only what no shard holds."""
+    bundle = tiny_bundle_at(tmp_path / "b", NAMES)
+    imgs = _images(tmp_path / "imgs", 40)
+    job = tmp_path / "job"
+    proc = subprocess.Popen(_job(bundle, imgs, job, "--engine", "local"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while len(list((job / "rows").glob("part-*.parquet"))) < 2 and proc.poll() is None:
+        assert time.time() < deadline, "no shard written in time"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    first = len(_rows(job))
+    assert 0 < first < 40, "the job ended before it could be killed"
+    done = subprocess.run(_job(bundle, imgs, job, "--engine", "local", "--resume"), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming: {first} image(s) already written, {40 - first} to do" in done.stderr
+    ids = [r["image_id"] for r in _rows(job)]
+    assert len(ids) == len(set(ids)) == 40  # every image exactly once
+    assert len(_submission(job / "submission.csv")) == 80
+
+
+@pytest.mark.timeout(200)
+def test_ray_engine_equals_local_survives_a_killed_worker_and_leaves_nothing(tmp_path: Path, capsys) -> None:
+    """The Ray job's rows equal the local engine's; a worker killed mid-job is replaced and its batch done again,
+    with no row lost or written twice; each worker process loaded the bundle once; no Ray process is left."""
+    bundle = tiny_bundle_at(tmp_path / "b", NAMES)
+    imgs = _images(tmp_path / "imgs", N_RAY, shape=(192, 384))
+    (imgs / "empty.png").write_bytes(b"")
+    before = _raylets()
+    rc, _, err = cli_run(capsys, "predict", bundle, imgs, "--out", tmp_path / "local", "--engine", "local",
+                         "--batch", "4")
+    assert rc == 3, err
+    job = tmp_path / "ray"
+    proc = subprocess.Popen(_job(bundle, imgs, job, "--engine", "ray", "--workers", "2"), env=_ray_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 150
+    while not list((job / "rows").glob("part-*.parquet")) and proc.poll() is None:
+        assert time.time() < deadline, "no shard written in time"
+        time.sleep(0.02)
+    victim = int(_rows(job)[0]["worker"].split(":")[1].split("/")[0])
+    os.kill(victim, signal.SIGKILL)
+    assert proc.poll() is None and len(_rows(job)) < N_RAY / 2, "the job ended before a worker could be killed"
+    out, err = proc.communicate(timeout=150)
+    assert proc.returncode == 3, out + err
+    assert "ray: 2 worker(s)" in err and "1 image(s) could not be predicted" in err
+    rows = _rows(job)
+    assert len(rows) == len({r["image_id"] for r in rows}) == N_RAY + 1  # every image exactly once
+    assert _submission(job / "submission.csv") == _submission(tmp_path / "local" / "submission.csv")
+    local = {r["image_id"]: r for r in _rows(tmp_path / "local")}
+    for r in rows:  # the same masks, bit for bit; scores to 1e-5 (a worker's thread count may round the last digit)
+        loc = local[r["image_id"]]
+        assert {k: r[k] for k in r if k.startswith(("rle_", "area_"))} == \
+            {k: loc[k] for k in r if k.startswith(("rle_", "area_"))}
+        assert all(abs(r[k] - loc[k]) <= 1e-5 for k in r if k.startswith("score_"))
+    assert next(r for r in rows if r["image_id"] == "empty.png")["error"]
+    workers = {r["worker"] for r in rows}  # 2 actors and the victim's replacement, each loading the bundle once
+    assert 2 <= len(workers) <= 3 and all("/1@" in w and f":{os.getpid()}/" not in w for w in workers), workers
+    assert any(f":{victim}/" not in w for w in workers)
+    time.sleep(1)
+    assert _raylets() <= before, "the embedded Ray instance left processes behind"
+
+
+@pytest.mark.timeout(240)
+def test_a_two_node_cluster_on_loopback_predicts_on_both_nodes(tmp_path: Path) -> None:
+    """`ray start --head` and a second `ray start --address` as separate processes, one CPU each: two actors of
+    0.75 CPU cannot share a node, so the job runs on both; `ray stop` leaves nothing behind."""
+    import shutil
+    import socket
+
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    import secrets
+
+    # Ray 2.5x clusters authenticate with a token: every node and the driver share it
+    env = {**_ray_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    addr = f"127.0.0.1:{port}"
+    tmp = Path(tempfile.mkdtemp(prefix="ssr-", dir="/tmp"))  # Ray's socket paths must stay short
+    common = ["--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", "--temp-dir", str(tmp),
+              "--block"]
+    bundle = tiny_bundle_at(tmp_path / "b", NAMES)
+    imgs = _images(tmp_path / "imgs", 24)
+    nodes = []  # each node a process group of its own, stopped by signal: `ray stop` would stop every Ray here
+    try:
+        nodes.append(_node([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
+                           env))
+        _wait_for(lambda: subprocess.run([ray_bin, "status", "--address", addr], env=env, capture_output=True,
+                                         timeout=30).returncode == 0)
+        nodes.append(_node([ray_bin, "start", "--address", addr, *common], env))
+        _wait_for(lambda: _alive_nodes(ray_bin, addr, env) == 2)
+        done = subprocess.run(_job(bundle, imgs, tmp_path / "job", "--engine", "ray", "--address", addr,
+                                   "--workers", "2"), env=env, capture_output=True, text=True, timeout=150)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "on 2 node(s)" in done.stderr, done.stderr
+        rows = _rows(tmp_path / "job")
+        assert len(rows) == 24 and len({r["worker"].split("@")[1] for r in rows}) == 2  # both nodes predicted
+    finally:
+        for node in reversed(nodes):
+            _stop(node)
+        left = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, text=True).stdout.split()
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert not left, f"Ray processes left behind: {left}"
+
+
+def _alive_nodes(ray_bin: str, addr: str, env: dict[str, str]) -> int:
+    out = subprocess.run([ray_bin, "status", "--address", addr], env=env, capture_output=True, text=True, timeout=30)
+    active = out.stdout.split("Active:")[-1].split("Pending:")[0]
+    return sum(1 for ln in active.splitlines() if "node_" in ln)
+
+
+def _node(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
+def _wait_for(cond, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while not cond():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.5)
