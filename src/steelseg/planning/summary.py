@@ -165,6 +165,8 @@ def _reference(bundle: Path, chosen: list[Path], plan: Any) -> None:
     val = json.loads((chosen[0] / "split.json").read_text())["val"]
     how = f"steelseg fit: validation images of {chosen[0].name}" + (
         f" (the ensemble's other {len(chosen) - 1} member(s) trained on them)" if len(chosen) > 1 else "")
+    print(f"fit: the drift reference: {len(val)} validation images through the bundle ...", file=sys.stderr,
+          flush=True)
     write_reference(bundle, _paths(plan.data, plan.class_names, val), how)
 
 
