@@ -49,7 +49,8 @@ def _progress(total: int, say: Callable[[str], None]) -> Callable[[int, int], No
 
 
 def summarize(out: Path, class_names: list[str]) -> dict[str, Any]:
-    """Counts over every row of the job: per class (found, mean area), per top-level folder (defect rate)."""
+    """Counts over every row of the job: per class (images found, rate), per top-level folder (defect rate). It reads
+    only the id, error and found columns (Parquet reads no RLE here; the submission pass reads those)."""
     cols = ["image_id", "error"] + [f"found_{c}" for c in class_names]
     n, errors, found = 0, 0, dict.fromkeys(class_names, 0)
     folders: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # folder -> [images, with any defect]
