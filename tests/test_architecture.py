@@ -32,7 +32,7 @@ ALLOWED = {
     "kaggle": {GROUND, "data", "models", "inference"},
     "engine": {GROUND, "data", "models", "inference"},  # archive prediction: local or Ray, behind one seam
     "reports": {GROUND, "data", "models", "training", "inference"},
-    "planning": {GROUND, "data", "models", "training", "inference", "reports"},
+    "planning": {GROUND, "data", "models", "training", "inference", "reports", "engine"},  # engine: folds on Ray
     "cli": {GROUND, "data", "models", "training", "inference", "serve", "line", "reports", "kaggle", "planning",
             "engine"},
     "demo": {GROUND, "cli"},

@@ -106,3 +106,23 @@ def test_backends_bench_runs_with_the_notebook_loop(tmp_path) -> None:
     lines = out.stdout.splitlines()
     assert any(ln.startswith("eager loop (notebook)") for ln in lines) and any(ln.startswith("bundle ") for ln in lines)
     assert "of bf16" in out.stdout and "peaks:" in out.stdout
+
+
+def test_serve_swaps_under_load_and_loses_no_request(tmp_path) -> None:
+    """bench/serve_swap.py, small: two clients post without pause to `serve models:/line@champion` while v2 is
+    promoted; every request answered 200, the service switches within its check interval plus a load, and no
+    client gets the old model again once it got the new one (issue #40)."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("mlflow")
+    out = subprocess.run([sys.executable, str(BENCH / "serve_swap.py"), "--clients", "2", "--seconds", "15",
+                          "--check-every", "0.5", "--work", str(tmp_path)], capture_output=True, text=True,
+                         timeout=300)
+    res = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {}
+    log = (tmp_path / "serve.log").read_text()[-3000:] if (tmp_path / "serve.log").is_file() else ""
+    assert out.returncode == 0, (res, out.stderr[-3000:], log)
+    assert res["failed"] == 0 and res["statuses"] == [200] and res["requests"] > 10, res
+    assert res["bundles"] == 2 and res["old_after_new"] == 0 and res["switch_s"] is not None, (res, log)
+    assert res["switched_line"] and "switched to version 2" in res["switched_line"], log

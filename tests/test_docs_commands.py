@@ -64,3 +64,28 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     api = (tmp_path / "site" / "reference" / "index.html").read_text()
     assert "from_bundle" in api and "predict_archive" in api  # mkdocstrings rendered the docstrings
+
+
+def test_every_picture_on_a_page_is_made_by_the_pictures_script(tmp_path: Path) -> None:
+    """The pages show only pictures that `docs/pictures.py` makes (and they are there); the script runs: the
+    layouts picture (five layouts read back) made here again, where no bundle or browser is needed."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    spec = importlib.util.spec_from_file_location("pictures", ROOT / "docs" / "pictures.py")
+    pictures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pictures)
+    made = {name for names in pictures.PICTURES.values() for name in names}
+    shown = {m for page in PAGES for m in re.findall(r"\]\((?:\.\./)?img/([^)\s]+)\)", page.read_text())}
+    assert shown, "no page shows a picture"
+    assert shown <= made, f"pictures no code makes: {shown - made}"
+    assert all((ROOT / "docs" / "img" / name).is_file() for name in shown)
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "pictures.py"), "--only", "layouts", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    import numpy as np
+    from PIL import Image
+
+    pic = np.asarray(Image.open(tmp_path / "layouts.jpg"))
+    assert pic.shape[0] > 5 * 256 and pic.shape[1] == 1600  # five strips one above the other

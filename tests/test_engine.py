@@ -65,6 +65,40 @@ def test_local_engine_rows_match_single_process_predict(tmp_path: Path, capsys) 
     assert len(_rows(tmp_path / "job")) == 7
 
 
+def test_job_summary_per_class_folder_and_day(tmp_path: Path, capsys) -> None:
+    """`steelseg job` reads the rows back: its counts per class, per folder and per day equal a count made here
+    from the rows themselves; an image with no date in its path is its own group; error rows are counted apart."""
+    import json
+
+    bundle = tiny_bundle_at(tmp_path / "b", NAMES)
+    root = _images(tmp_path / "arch", 3, "line1/2026-03-14")
+    _images(root, 2, "line1/20260315")
+    _images(root, 2, "line2/misc")
+    (root / "line2" / "misc" / "bad.png").write_bytes(b"")
+    rc, _, err = cli_run(capsys, "predict", bundle, root, "--out", tmp_path / "job", "--engine", "local")
+    assert rc == 3, err
+    rows = _rows(tmp_path / "job")
+    rc, out, err = cli_run(capsys, "job", tmp_path / "job", "--by", "day", "--json", tmp_path / "days.json")
+    assert rc == 0, err
+    days = json.loads((tmp_path / "days.json").read_text())
+    assert days["images"] == 8 and days["errors"] == 1 and "8 images, 1 error row(s)" in out
+    assert list(days["per_day"]) == ["(no date)", "2026-03-14", "2026-03-15"]
+    for day, sub in (("2026-03-14", "line1/2026-03-14/"), ("2026-03-15", "line1/20260315/")):
+        mine = [r for r in rows if r["image_id"].startswith(sub)]
+        hit = [any(r[f"found_{c}"] for c in NAMES) for r in mine]
+        assert days["per_day"][day]["images"] == len(mine)
+        assert days["per_day"][day]["defect_rate"] == round(sum(hit) / len(mine), 6)
+    ok = [r for r in rows if not r["error"]]
+    for c in NAMES:
+        assert days["per_class"][c]["images"] == sum(bool(r[f"found_{c}"]) for r in ok)
+    rc, out, err = cli_run(capsys, "job", tmp_path / "job", "--json", tmp_path / "folders.json")
+    folders = json.loads((tmp_path / "folders.json").read_text())["per_folder"]
+    assert rc == 0 and {k: v["images"] for k, v in folders.items()} == {"line1": 5, "line2": 3}
+    assert folders["line2"]["errors"] == 1 and "local engine" in out
+    rc, _, err = cli_run(capsys, "job", tmp_path / "imgs-none")
+    assert rc != 0 and "no rows" in err
+
+
 def test_sources_folder_tree_glob_and_manifests(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -171,10 +205,13 @@ def test_ray_engine_equals_local_survives_a_killed_worker_and_leaves_nothing(tmp
     assert _raylets() <= before, "the embedded Ray instance left processes behind"
 
 
-@pytest.mark.timeout(240)
-def test_a_two_node_cluster_on_loopback_predicts_on_both_nodes(tmp_path: Path) -> None:
-    """`ray start --head` and a second `ray start --address` as separate processes, one CPU each: two actors of
-    0.75 CPU cannot share a node, so the job runs on both; `ray stop` leaves nothing behind."""
+@pytest.mark.timeout(420)
+def test_a_two_node_cluster_predicts_and_fits_on_both_nodes(tmp_path: Path, synth_small: Path) -> None:
+    """`ray start --head` and a second `ray start --address` as separate processes, one CPU each. Prediction: two
+    actors of 0.75 CPU cannot share a node, so the job runs on both. fit: two folds as tasks of one CPU each, one
+    per node; the driver killed once both folds hold a checkpoint, then the same command resumes both folds (on
+    both nodes again), never trains a done fold again, and ends with the bundle. Each node is stopped by signal
+    to its own process group (`ray stop` would stop every Ray here); nothing is left behind."""
     import shutil
     import socket
 
@@ -192,7 +229,7 @@ def test_a_two_node_cluster_on_loopback_predicts_on_both_nodes(tmp_path: Path) -
               "--block"]
     bundle = tiny_bundle_at(tmp_path / "b", NAMES)
     imgs = _images(tmp_path / "imgs", 24)
-    nodes = []  # each node a process group of its own, stopped by signal: `ray stop` would stop every Ray here
+    nodes = []
     try:
         nodes.append(_node([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
                            env))
@@ -206,12 +243,44 @@ def test_a_two_node_cluster_on_loopback_predicts_on_both_nodes(tmp_path: Path) -
         assert "on 2 node(s)" in done.stderr, done.stderr
         rows = _rows(tmp_path / "job")
         assert len(rows) == 24 and len({r["worker"].split("@")[1] for r in rows}) == 2  # both nodes predicted
+        _fit_on_the_cluster(tmp_path, synth_small, addr, env)
     finally:
         for node in reversed(nodes):
             _stop(node)
         left = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, text=True).stdout.split()
         shutil.rmtree(tmp, ignore_errors=True)
     assert not left, f"Ray processes left behind: {left}"
+
+
+FIT_TINY = ["--set", "model.encoder=tu-test_resnet", "--set", "model.encoder_weights=null",
+            "--set", "model.kwargs.decoder_channels=[8,8,8,8,8]", "--set", "model.kwargs.input_scale=1.0",
+            "--set", "track.mlflow=false", "--set", "train.checkpoint_every=1", "--set", "data.batch_size=4"]
+
+
+def _fit_on_the_cluster(tmp_path: Path, data: Path, addr: str, env: dict[str, str]) -> None:
+    import json
+
+    out = tmp_path / "fit"
+    cmd = [sys.executable, "-m", "steelseg.cli", "fit", str(data), "--out", str(out), "--steps", "16", "--folds", "2",
+           "--no-probe", "--engine", "ray", "--address", addr, "--workers", "2", *FIT_TINY]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+                            start_new_session=True)
+    ckpts = [out / "runs" / f"fold{k}" / "checkpoints" / "last.ckpt" for k in range(2)]
+    _wait_for(lambda: all(c.is_file() for c in ckpts) or proc.poll() is not None, 150)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert all(c.is_file() for c in ckpts), "the fit ended before both folds held a checkpoint"
+    assert not any((c.parents[1] / ".steelseg-fit-done").exists() for c in ckpts), "a fold ended before the kill"
+    time.sleep(2)  # the cluster notices the driver's death and stops its tasks
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=240)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "continuing in" in again.stderr and "2 task(s), 2 at once, 1 CPU" in again.stderr, again.stderr
+    assert again.stderr.count("resumed and trained on") == 2, again.stderr
+    tasks = json.loads((out / "fit.json").read_text())["engine"]["tasks"]
+    assert sorted(t["fold"] for t in tasks) == [0, 1] and len({t["node"] for t in tasks}) == 2  # one fold a node
+    for k in range(2):
+        assert (out / "runs" / f"fold{k}" / "eval-val" / "metrics.json").is_file()  # evaluated in its task
+    assert (out / "bundle" / "bundle.json").is_file() and "out of fold" in (out / "summary.md").read_text()
 
 
 def _alive_nodes(ray_bin: str, addr: str, env: dict[str, str]) -> int:

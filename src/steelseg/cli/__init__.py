@@ -13,13 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from steelseg.cli import data, fit, kaggle, line, predict, pseudo, runs, serve, train
+from steelseg.cli import archive, data, fit, kaggle, line, predict, pseudo, runs, serve, train
 from steelseg.errors import SteelsegError
 
 __all__ = ["build_parser", "main"]
 
 # the command families, in the order --help lists their commands; each registers its own sub-commands
-FAMILIES = (data, fit, train, predict, pseudo, runs, serve, line, kaggle)
+FAMILIES = (data, fit, train, predict, archive, pseudo, runs, serve, line, kaggle)
 
 EPILOG = """the usual path (each command has --help with more):
   steelseg synth data/synth --images 200          # a Severstal-format synthetic dataset

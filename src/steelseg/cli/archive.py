@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from steelseg.cli.common import device, table
 from steelseg.errors import SteelsegError
 
-__all__ = ["add_engine_args", "predict_archive_cmd"]
+__all__ = ["add_engine_args", "predict_archive_cmd", "register"]
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -50,3 +51,52 @@ def predict_archive_cmd(args: argparse.Namespace, bundle: Path, tta: bool | None
               "submission.csv has no rows for them", file=sys.stderr)
         return 3
     return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    import json
+
+    from steelseg.engine.summary import summarize
+    from steelseg.fsutil import atomic_text
+
+    if args.depth < 1:
+        raise SteelsegError(f"--depth {args.depth}: must be >= 1")
+    s = summarize(args.job, by=args.by, depth=args.depth)
+    meta = args.job / "job.json"
+    if meta.is_file():
+        j = json.loads(meta.read_text())
+        print(f"{args.job}: {j['engine']} engine, bundle {j['bundle']}, {j['images_per_s']} images/s in its last run"
+              f"{'' if j.get('complete', True) else ' (incomplete: error rows)'}")
+    names = list(s["per_class"])
+    print(table(["class", "images found", "rate"],
+                [(c, str(v["images"]), f"{v['rate']:.2%}") for c, v in s["per_class"].items()]))
+    print()
+    groups = s[f"per_{args.by}"]
+    rows = [(g, str(v["images"]), str(v["errors"]), f"{v['defect_rate']:.2%}",
+             *(f"{v['rate_per_class'][c]:.2%}" for c in names)) for g, v in groups.items()]
+    print(table([args.by, "images", "errors", "any defect", *names], rows))
+    print(f"{s['images']} images, {s['errors']} error row(s)")
+    if args.json:
+        atomic_text(args.json, json.dumps(s, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``steelseg job``."""
+    p = sub.add_parser("job", help="what an archive job (predict --engine) found: per class, per folder or day",
+                       description="Read an archive job's rows back (OUT/rows/*.parquet|csv, written by `steelseg "
+                                   "predict ... --engine local|ray --out OUT`; only the id, error and found "
+                                   "columns are read) and print the images found per class, and per folder of the "
+                                   "source or per day (the first date in each image's path: 2026-03-14, "
+                                   "2026_03_14 or 20260314) the images, error rows and defect rates.",
+                       epilog="examples:\n  steelseg job jobs/q3                      # per top-level folder\n"
+                              "  steelseg job jobs/q3 --by day --json q3-days.json\n"
+                              "  steelseg job jobs/q3 --depth 2              # per line/coil folder",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job", type=Path, help="the job's folder (predict's --out)")
+    p.add_argument("--by", default="folder", choices=["folder", "day"], help="group per folder (default) or day")
+    p.add_argument("--depth", type=int, default=1, help="--by folder: how many folder levels make a group "
+                   "(default 1, the source's top-level folders)")
+    p.add_argument("--json", type=Path, default=None, help="also write the counts as JSON")
+    p.set_defaults(func=cmd_job, reads={})

@@ -13,6 +13,7 @@ FIT_EPILOG = """examples:
   steelseg fit data/line3 --out fits/line3 --minutes 30     # plan, train 3 folds, tune out of fold, bundle
   steelseg fit ../shared/data/kolektor_sdd --out fits/kolektor --steps 640   # a budget in steps a model
   steelseg fit data/line3 --out fits/line3 --minutes 30     # again after a kill: continues where it stopped
+  steelseg fit /nfs/line3 --out /nfs/fits/line3 --steps 2000 --engine ray --address auto   # folds on a cluster
   steelseg predict fits/line3/bundle data/new_images --out out
 
 The budget: --minutes for the whole fit (turned into steps with the step time measured on this machine and
@@ -46,7 +47,19 @@ def _options(args: argparse.Namespace) -> Any:
     return FitOptions(minutes=args.minutes, steps=args.steps, folds=args.folds, pins=parse_pins(args.set or []),
                       class_names=class_names(args.class_names), layout=args.layout, layout_options=layout_options(args),
                       probe=not args.no_probe,
-                      ensemble=getattr(args, "ensemble", "auto"), min_speed=getattr(args, "min_speed", None))
+                      ensemble=getattr(args, "ensemble", "auto"), min_speed=getattr(args, "min_speed", None),
+                      **_engine(args))
+
+
+def _engine(args: argparse.Namespace) -> dict[str, Any]:
+    from steelseg.errors import ConfigError
+
+    engine = getattr(args, "engine", "local")
+    if engine != "ray" and (getattr(args, "address", None) or getattr(args, "workers", None)):
+        raise ConfigError("--address and --workers are for --engine ray")
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: must be >= 1")
+    return {"engine": engine, "address": getattr(args, "address", None), "workers": getattr(args, "workers", None)}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -103,4 +116,11 @@ def register(sub: Any) -> None:
                         "below --min-speed (auto)")
     p.add_argument("--min-speed", type=float, default=None, metavar="IMG_PER_S",
                    help="auto: the images/s the pipeline must reach on this machine")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local (default): the folds one after another in this process; ray: each fold trained and "
+                        "evaluated as a Ray task, several at once (an embedded instance here, or a cluster with "
+                        "--address; the data and --out on a file system every node shares)")
+    p.add_argument("--address", default=None, help="--engine ray: auto or HOST:PORT of a running cluster")
+    p.add_argument("--workers", type=int, default=None, help="--engine ray: folds trained at once (default: one per "
+                   "GPU where the cluster has them, else half its CPUs); each gets its share of the CPUs")
     p.set_defaults(func=cmd_fit, reads={"data": False})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,13 @@ from typing import Any
 from steelseg import logs
 from steelseg.engine.options import EngineOptions
 from steelseg.engine.rows import columns
-from steelseg.engine.sink import ShardWriter, done_ids, read_rows, shards, write_submission
+from steelseg.engine.sink import ShardWriter, done_ids, shards, write_submission
 from steelseg.engine.source import list_source, source_root
+from steelseg.engine.summary import summarize
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, check_writable_dir, guard_output
 
-__all__ = ["ENGINES", "predict_archive", "summarize"]
+__all__ = ["ENGINES", "predict_archive"]
 
 ENGINES = ("local", "ray")
 
@@ -46,30 +46,6 @@ def _progress(total: int, say: Callable[[str], None]) -> Callable[[int, int], No
             eta = (total - done) / rate if rate > 0 else float("nan")
             say(f"{done}/{total} images, {rate:.1f} images/s, {errors} error row(s), ETA {eta:.0f} s")
     return tick
-
-
-def summarize(out: Path, class_names: list[str]) -> dict[str, Any]:
-    """Counts over every row of the job: per class (images found, rate), per top-level folder (defect rate). It reads
-    only the id, error and found columns (Parquet reads no RLE here; the submission pass reads those)."""
-    cols = ["image_id", "error"] + [f"found_{c}" for c in class_names]
-    n, errors, found = 0, 0, dict.fromkeys(class_names, 0)
-    folders: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # folder -> [images, with any defect]
-    for r in read_rows(out, cols):
-        n += 1
-        if r["error"]:
-            errors += 1
-            continue
-        hit = [str(r[f"found_{c}"]) in ("True", "true", "1") for c in class_names]
-        for c, h in zip(class_names, hit):
-            found[c] += h
-        f = folders[r["image_id"].split("/")[0] if "/" in r["image_id"] else "."]
-        f[0] += 1
-        f[1] += any(hit)
-    ok = max(n - errors, 1)
-    return {"images": n, "errors": errors,
-            "per_class": {c: {"images": k, "rate": round(k / ok, 6)} for c, k in found.items()},
-            "per_folder": {k: {"images": v[0], "defect_rate": round(v[1] / max(v[0], 1), 6)}
-                           for k, v in sorted(folders.items())}}
 
 
 def _run(engine: str, todo: list, opts: EngineOptions, bundle_id: str, writer: ShardWriter,

@@ -6,14 +6,10 @@ process behind. Actors take a fraction of a CPU each, so Ray's own read and sche
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from steelseg import logs
+from steelseg.engine.cluster import describe, ray_session
 from steelseg.engine.options import EngineOptions
 from steelseg.engine.rows import columns, predict_items, worker_id
 from steelseg.engine.source import Item
@@ -45,31 +41,6 @@ class _Predict:
         return pd.DataFrame(predict_items(self.predictor, items, self.bundle_id, self.worker), columns=self.cols)
 
 
-def _start(opts: EngineOptions) -> tuple[Any, str | None]:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    try:
-        import ray
-    except ImportError:
-        raise SteelsegError("--engine ray needs Ray: pip install 'steelseg[ray]'") from None
-    quiet = logs.active()  # steelseg -v: Ray says what it says
-    kw: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": logging.ERROR if quiet else logging.INFO}
-    if opts.address:
-        ray.init(address=opts.address, **kw)
-        _quiet(quiet)
-        return ray, None
-    tmp = tempfile.mkdtemp(prefix="steelseg-ray-")  # short: Ray's socket paths must fit in 107 characters
-    ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, _temp_dir=tmp,
-             object_store_memory=opts.object_store_mb * 2 ** 20, **kw)
-    _quiet(quiet)
-    return ray, tmp
-
-
-def _quiet(quiet: bool) -> None:
-    if quiet:  # Ray adds its own console handlers at init: route them to the run's log like the others
-        logs.install()
-
-
 def _plan(ray: Any, opts: EngineOptions) -> tuple[int, float, int]:
     """(workers, CPUs an actor asks for, threads an actor runs) from the cluster's CPUs."""
     cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -82,8 +53,7 @@ def _plan(ray: Any, opts: EngineOptions) -> tuple[int, float, int]:
 def run_ray(items: Sequence[Item], opts: EngineOptions, bundle_id: str,
             say: Any = None) -> Iterator[list[dict[str, Any]]]:
     """Rows for ``items`` as the pool finishes them (not in order)."""
-    ray, tmp = _start(opts)
-    try:
+    with ray_session(opts.address, opts.object_store_mb) as (ray, _):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
@@ -91,7 +61,7 @@ def run_ray(items: Sequence[Item], opts: EngineOptions, bundle_id: str,
         workers, cpus, threads = _plan(ray, opts)
         if say:
             say(f"ray: {workers} worker(s) of {cpus:g} CPU, {threads} thread(s) each, on "
-                f"{len(ray.nodes())} node(s) ({'embedded' if tmp else opts.address})")
+                f"{describe(ray, opts.address)}")
         ds = ray.data.from_items([{"image_id": i.image_id, "uri": i.uri} for i in items],
                                  override_num_blocks=max(1, min(len(items) // opts.batch, 10_000)))
         ds = ds.map_batches(_Predict, fn_constructor_args=(opts, bundle_id, threads), batch_size=opts.batch,
@@ -104,7 +74,3 @@ def run_ray(items: Sequence[Item], opts: EngineOptions, bundle_id: str,
             raise SteelsegError(f"ray: {workers} worker(s) of {cpus:g} CPU could not all be placed in "
                                 f"{WAIT_FOR_WORKERS_S} s (the cluster has {ray.cluster_resources().get('CPU', 0):g} "
                                 "CPU): ask for fewer --workers, or add nodes") from None
-    finally:
-        ray.shutdown()
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -13,14 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from steelseg.data import rle
 from steelseg.data.images import read_image
 from steelseg.engine.source import Item, read_bytes
+from steelseg.inference.found import per_class, too_small
 
 __all__ = ["columns", "predict_items", "worker_id"]
-
-MIN_SIZE = 16  # pixels a side: what every model takes
-
 
 _LOADS = itertools.count(1)
 
@@ -48,8 +45,9 @@ def _empty_row(item: Item, names: Sequence[str], bundle: str, worker: str, error
 
 def _decode(item: Item) -> np.ndarray:
     img = read_image(read_bytes(item.uri), None, name=item.image_id)
-    if min(img.shape[:2]) < MIN_SIZE:
-        raise ValueError(f"image is {img.shape[1]}x{img.shape[0]}; the model needs at least {MIN_SIZE} pixels a side")
+    why = too_small(*img.shape[:2])
+    if why:
+        raise ValueError(why)
     return img
 
 
@@ -68,11 +66,9 @@ def predict_items(predictor: Any, items: Sequence[Item], bundle: str, worker: st
     for i, img, pred in zip(good, images, predictor.predict(images) if images else []):
         row = _empty_row(items[i], names, bundle, worker, "")
         row.update(height=int(img.shape[0]), width=int(img.shape[1]))
-        for c, name in enumerate(names):
-            mask = pred.masks[..., c]
-            area = int(mask.sum())
-            score = pred.gate[c] if pred.gate is not None else pred.probs[..., c].max()
-            row.update({f"found_{name}": area > 0, f"area_{name}": area, f"score_{name}": round(float(score), 6),
-                        f"rle_{name}": rle.encode(mask) if area else ""})
+        for name, f in per_class(pred, names).items():
+            score = f["max_probability"] if f["gate"] is None else f["gate"]
+            row.update({f"found_{name}": f["found"], f"area_{name}": f["area"], f"score_{name}": score,
+                        f"rle_{name}": f["rle"]})
         rows[i] = row
     return [r for r in rows if r is not None]

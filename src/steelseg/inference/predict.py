@@ -16,6 +16,7 @@ from steelseg.data.images import IMAGE_EXTS, image_size, list_images, read_image
 from steelseg.data.open import open_dataset
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json, atomic_write, check_writable_dir, clean_stale, staged_dir
+from steelseg.inference.found import MIN_SIDE, too_small
 from steelseg.inference.predictor import Predictor
 from steelseg.inference.submission import SubmissionWriter
 
@@ -56,7 +57,7 @@ def _check_options(on_error: str, formats: Sequence[str]) -> None:
 
 def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, overlays: bool = False,
                    labels: str | Path | None = None, tta: bool | None = None, device: str = "cpu",
-                   progress: bool = False, min_size: int = 16, backend: str | None = None,
+                   progress: bool = False, min_size: int = MIN_SIDE, backend: str | None = None,
                    threads: int | None = None, recursive: bool = False, tile: int | None = None,
                    overlap: int | None = None, prefetch: bool | None = None, on_error: str = "stop",
                    formats: Sequence[str] = ()) -> dict[str, Any]:
@@ -81,9 +82,9 @@ def predict_folder(bundle: str | Path, images_dir: str | Path, out: str | Path, 
     bad: dict[Path, str] = {}
     for p in images:  # refuse what no model can take, or what would not fit in memory, before any work
         try:
-            h, w = image_size(p)
-            if h < min_size or w < min_size:
-                raise DataError(f"{p}: image is {w}x{h}; the model needs at least {min_size}x{min_size} pixels")
+            why = too_small(*image_size(p), min_size)
+            if why:
+                raise DataError(f"{p}: {why}")
         except DataError as exc:
             if on_error == "stop":
                 raise

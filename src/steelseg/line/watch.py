@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from steelseg.data import rle
 from steelseg.data.images import IMAGE_EXTS, read_image
 from steelseg.drift import DriftConfig, DriftMonitor, describe, image_signals, worst
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_json
+from steelseg.inference.found import per_class
 from steelseg.line.results import ResultLog, file_key
 
 __all__ = ["WatchConfig", "WatchStats", "watch"]
@@ -184,14 +184,8 @@ def _move(src: Path, root: Path, rel: str) -> Path:
 
 def _row(key: str, rel: str, pred: Any, names: list[str], latency: float, signals: dict[str, Any],
          bundle: str) -> dict[str, Any]:
-    classes = {}
-    for c, name in enumerate(names):
-        mask = pred.masks[..., c]
-        area = int(mask.sum())
-        classes[name] = {"found": area > 0, "area": area,
-                         "score": None if pred.gate is None else round(float(pred.gate[c]), 6),
-                         "max_probability": round(float(pred.probs[..., c].max()), 6),
-                         "rle": rle.encode(mask) if area else ""}
+    classes = {name: {"score" if k == "gate" else k: v for k, v in f.items()}  # the log calls the gate "score"
+               for name, f in per_class(pred, names).items()}
     h, w = pred.masks.shape[:2]
     return {"key": key, "id": rel, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "width": w, "height": h, "skipped_by_gate": bool(pred.skipped), "classes": classes,

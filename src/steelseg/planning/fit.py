@@ -29,7 +29,6 @@ from steelseg.planning.plan import Plan, make_plan, read_plan, write_plan
 __all__ = ["FitOptions", "fit_folder"]
 
 MARKER = ".steelseg-fit"
-DONE = ".steelseg-fit-done"  # in a fold's run folder once its training ended
 
 
 @dataclass
@@ -45,6 +44,9 @@ class FitOptions:
     min_speed: float | None = None  # images/s the pipeline must reach (auto: the ensemble only if it does)
     probe: bool = True
     seed: int = 42
+    engine: str = "local"  # local: the folds one after another here; ray: as Ray tasks (embedded or --address)
+    address: str | None = None  # ray: auto or HOST:PORT of a running cluster
+    workers: int | None = None  # ray: folds trained at once (default: one per GPU, else half the CPUs)
 
 
 def _claim(out: Path) -> bool:
@@ -88,38 +90,23 @@ def _folds_csv(out: Path, ds: Any, plan: Plan, seed: int) -> Path | None:
     return path
 
 
-def _fold_config(plan: Plan, out: Path, k: int, folds_csv: Path | None) -> Any:
-    from steelseg.training.config import load_config
+def _train_folds(out: Path, plan: Plan, folds_csv: Path | None, progress: Any,
+                 o: FitOptions) -> tuple[list[Path], list[dict[str, Any]]]:
+    """The folds' run folders, and what each Ray task said (worker, node, minutes) under --engine ray."""
+    from steelseg.planning.fold_runs import DONE, train_fold, train_folds_on_ray
 
-    sets = [f"name=fold{k}", f"out_dir={out / 'runs'}", f"train.seed={42 + k}"]
-    if folds_csv is not None:
-        sets += [f"data.folds={folds_csv}", f"data.fold={k}"]
-    return load_config(out / "plan.yaml", sets)
+    runs = [out / "runs" / f"fold{k}" for k in range(plan.folds)]
+    todo = [k for k, run in enumerate(runs) if not (run / DONE).is_file()]
+    if o.engine == "ray" and todo:
+        from steelseg.engine.tasks import TaskOptions
 
-
-def _train_folds(out: Path, plan: Plan, folds_csv: Path | None, progress: Any) -> list[Path]:
-    from steelseg.training.run import fit
-
-    runs = []
+        return runs, train_folds_on_ray(out, plan, folds_csv, todo, TaskOptions(o.address, o.workers))
     for k in range(plan.folds):
-        run = out / "runs" / f"fold{k}"
-        runs.append(run)
-        if (run / DONE).is_file():
-            progress.fold_done(k)
-            continue
-        ckpt = run / "checkpoints" / "last.ckpt"
-        progress.start_fold(k)
-        if ckpt.is_file():
-            from steelseg.training.config import load_config
-
-            print(f"fit: fold {k + 1}/{plan.folds}: resuming {run}", file=sys.stderr, flush=True)
-            fit(load_config(run / "config.yaml"), resume=run, progress=False, callbacks=[progress])
-        else:
-            print(f"fit: fold {k + 1}/{plan.folds}: training {run}", file=sys.stderr, flush=True)
-            fit(_fold_config(plan, out, k, folds_csv), progress=False, callbacks=[progress])
-        (run / DONE).write_text("trained\n")
+        if k in todo:
+            progress.start_fold(k)
+            train_fold(out, plan, k, folds_csv, [progress])
         progress.fold_done(k)
-    return runs
+    return runs, []
 
 
 def _evaluate(runs: list[Path], data: str, names: list[str]) -> list[dict[str, Any]]:
@@ -154,9 +141,10 @@ def _fit(out: Path, ds: Any, o: FitOptions, resumed: bool, t0: float) -> dict[st
     plan = _plan(out, ds, o, resumed)
     folds_csv = _folds_csv(out, ds, plan, o.seed)
     progress = FitProgress(plan.folds, int(plan.get("train.epochs", 1)) * _steps_per_epoch(plan, ds))
-    runs = _train_folds(out, plan, folds_csv, progress)
+    runs, tasks = _train_folds(out, plan, folds_csv, progress, o)
     evals = _evaluate(runs, plan.data, plan.class_names)
     result = finish(out, plan, runs, evals, o, time.time() - t0)
+    result["engine"] = {"name": o.engine, "address": o.address, "tasks": tasks}
     atomic_json(out / "fit.json", result)
     return result
 

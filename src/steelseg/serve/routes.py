@@ -118,10 +118,10 @@ def _predict_items(svc: Service, items: list[tuple[bytes, str]]) -> list[dict[st
     t0 = time.perf_counter()
     images = [svc.decode(data, name) for data, name in items]
     t1 = time.perf_counter()
-    preds = svc.predict(images)
+    preds, bundle = svc.predict_tagged(images)
     t2 = time.perf_counter()
     timings = {"decode": (t1 - t0) / len(items), "predict": (t2 - t1) / len(items)}
-    return [svc.describe(p, im, timings) for p, im in zip(preds, images)]
+    return [svc.describe(p, im, timings, bundle) for p, im in zip(preds, images)]
 
 
 def add_predict_routes(app: FastAPI, svc: Service, cfg: ServeConfig) -> None:

@@ -20,6 +20,7 @@ from steelseg.drift import DriftGauges, DriftMonitor, image_signals
 from steelseg.errors import DataError, SteelsegError
 from steelseg.inference import postprocess
 from steelseg.inference.bundle import bundle_id, read_bundle
+from steelseg.inference.found import too_small
 from steelseg.inference.predictor import Prediction, Predictor
 from steelseg.inference.reference import read_reference
 from steelseg.inference.uncertainty import Priority, image_priority
@@ -163,18 +164,25 @@ class Service:
             h, w = image_size(data, name, self.cfg.max_pixels)
         except DataError as exc:
             raise ApiError(413 if "above the limit" in str(exc) else 400, str(exc)) from None
-        if min(h, w) < 16:
-            raise ApiError(400, f"{name}: image is {w}x{h}; at least 16x16 pixels are needed")
+        why = too_small(h, w)
+        if why:
+            raise ApiError(400, f"{name}: {why}")
         try:
             return read_image(data, None, name, self.cfg.max_pixels)
         except DataError as exc:
             raise ApiError(400, str(exc)) from None
 
     def predict(self, images: list[np.ndarray]) -> list[Prediction]:
-        with self.lock:
-            return self.predictor.predict(images)
+        return self.predict_tagged(images)[0]
 
-    def describe(self, pred: Prediction, image: np.ndarray, timings: dict[str, float]) -> dict[str, Any]:
+    def predict_tagged(self, images: list[np.ndarray]) -> tuple[list[Prediction], str]:
+        """The predictions and the id of the bundle that made them (read under the same lock: a swap between
+        the two would name the new bundle for the old one's answer)."""
+        with self.lock:
+            return self.predictor.predict(images), self.bundle_id
+
+    def describe(self, pred: Prediction, image: np.ndarray, timings: dict[str, float],
+                 bundle: str | None = None) -> dict[str, Any]:
         classes = []
         for c, name in enumerate(self.predictor.class_names):
             mask = pred.masks[..., c]
@@ -190,7 +198,7 @@ class Service:
         with self.metrics.drift_lock:
             self.metrics.drift.add(image_signals(image, pred.probs, pred.masks))
         h, w = image.shape[:2]
-        return {"image": {"width": w, "height": h}, "bundle": self.bundle_id, "skipped_by_gate": pred.skipped,
+        return {"image": {"width": w, "height": h}, "bundle": bundle or self.bundle_id, "skipped_by_gate": pred.skipped,
                 "classes": classes, "timings_ms": {k: round(v * 1000, 2) for k, v in timings.items()}}
 
 
