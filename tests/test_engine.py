@@ -122,6 +122,57 @@ def test_sources_folder_tree_glob_and_manifests(tmp_path: Path) -> None:
     assert len(uri) == 5 and uri[0].startswith("file://")
 
 
+def test_an_s3_source_predicts_as_the_same_folder(tmp_path: Path, capsys, monkeypatch) -> None:
+    """An `s3://` source read through pyarrow's S3 file system, against moto's S3 server on loopback (the same
+    protocol a plant's MinIO or AWS speaks; the endpoint from AWS_ENDPOINT_URL, as boto3 and pyarrow read it):
+    the same rows and submission as the images in a local folder."""
+    pytest.importorskip("moto", reason="moto (the dev extra) runs the S3 server")
+    import socket
+
+    import boto3
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    for k, v in creds.items():
+        monkeypatch.setenv(k, v)
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        s3 = boto3.client("s3")
+        deadline = time.time() + 30
+        while True:
+            try:
+                s3.create_bucket(Bucket="plant")
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                assert time.time() < deadline, "moto's S3 server did not start"
+                time.sleep(0.3)
+        root = _images(tmp_path / "local", 3, "day1")
+        _images(root, 2, "day2")
+        for p in sorted(root.rglob("*.png")):
+            s3.upload_file(str(p), "plant", f"strips/{p.relative_to(root).as_posix()}")
+        bundle = tiny_bundle_at(tmp_path / "b", NAMES)
+        rc, _, err = cli_run(capsys, "predict", bundle, root, "--out", tmp_path / "here", "--engine", "local")
+        assert rc == 0, err
+        rc, _, err = cli_run(capsys, "predict", bundle, "s3://plant/strips", "--out", tmp_path / "s3",
+                             "--engine", "local")
+        assert rc == 0, err
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    here, there = ({r["image_id"]: r for r in _rows(tmp_path / d)} for d in ("here", "s3"))
+    assert sorted(there) == sorted(here) == ["day1/im000.png", "day1/im001.png", "day1/im002.png", "day2/im000.png",
+                                             "day2/im001.png"]
+    assert all(there[i]["path"].startswith("s3://plant/strips/") for i in there)
+    strip = ("path", "worker")
+    assert [{k: v for k, v in there[i].items() if k not in strip} for i in sorted(there)] == \
+        [{k: v for k, v in here[i].items() if k not in strip} for i in sorted(here)]
+    assert _submission(tmp_path / "s3" / "submission.csv") == _submission(tmp_path / "here" / "submission.csv")
+
+
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'steelseg[ray]')")
 
 
@@ -203,6 +254,34 @@ def test_ray_engine_equals_local_survives_a_killed_worker_and_leaves_nothing(tmp
     assert any(f":{victim}/" not in w for w in workers)
     time.sleep(1)
     assert _raylets() <= before, "the embedded Ray instance left processes behind"
+
+
+@pytest.mark.timeout(240)
+def test_evaluate_on_ray_writes_what_one_process_writes(tmp_path: Path, synth_small: Path, capsys) -> None:
+    """`steelseg evaluate --engine ray`: the split predicted in parts by Ray tasks and merged in order gives the
+    same metrics.json numbers, per_image.csv and predictions.npz as one process (what tune and cv-tune read)."""
+    import json
+
+    names = ["pits", "streaks", "scratches", "blotches"]
+    bundle = tiny_bundle_at(tmp_path / "b", names)
+    flags = ["--bundle", str(bundle), "--data", str(synth_small), "--split", "all"]
+    rc, _, err = cli_run(capsys, "evaluate", *flags, "--out", tmp_path / "one")
+    assert rc == 0, err
+    done = subprocess.run([sys.executable, "-m", "steelseg.cli", "evaluate", *flags, "--out", str(tmp_path / "ray"),
+                           "--engine", "ray", "--workers", "2"], env=_ray_env(), capture_output=True, text=True,
+                          timeout=200)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "8/8 part(s) predicted" in done.stderr and "2 at once" in done.stderr, done.stderr
+    one, ray_ = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "ray"))
+    for key in ("images", "dice", "all_empty_dice", "miou"):
+        assert one[key] == pytest.approx(ray_[key], abs=1e-6), key
+    assert one["detection"]["any"]["ap"] == pytest.approx(ray_["detection"]["any"]["ap"], abs=1e-6)
+    a, b = (np.load(tmp_path / d / "predictions.npz") for d in ("one", "ray"))
+    assert list(a["image_ids"]) == list(b["image_ids"]) and len(a["image_ids"]) == 48
+    for k in ("hist_all", "hist_true", "probs"):  # a worker's one thread may round a probability's last level
+        assert np.abs(a[k].astype(np.int64) - b[k].astype(np.int64)).sum() <= 1e-4 * a[k].size, k
+    assert (tmp_path / "one" / "per_image.csv").read_text().splitlines()[0] == \
+        (tmp_path / "ray" / "per_image.csv").read_text().splitlines()[0]
 
 
 @pytest.mark.timeout(420)

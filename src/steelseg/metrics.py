@@ -21,6 +21,7 @@ __all__ = [
     "DiceReport",
     "confusion_matrix",
     "dice_from_counts",
+    "dice_report",
     "iou_from_confusion",
     "kaggle_dice",
     "labels_from_masks",
@@ -81,6 +82,11 @@ def _report(per_pair: np.ndarray) -> DiceReport:
         n_images=int(per_pair.shape[0]),
         per_pair=per_pair,
     )
+
+
+def dice_report(per_pair: np.ndarray) -> DiceReport:
+    """The report of (N, C) per-image, per-class Dice values (what :class:`DiceAccumulator` gathers)."""
+    return _report(per_pair)
 
 
 def kaggle_dice(pred: np.ndarray, true: np.ndarray) -> DiceReport:

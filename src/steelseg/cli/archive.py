@@ -10,7 +10,7 @@ from typing import Any
 from steelseg.cli.common import device, table
 from steelseg.errors import SteelsegError
 
-__all__ = ["add_engine_args", "predict_archive_cmd", "register"]
+__all__ = ["add_engine_args", "add_eval_engine_args", "evaluate_on_engine", "predict_archive_cmd", "register"]
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -51,6 +51,29 @@ def predict_archive_cmd(args: argparse.Namespace, bundle: Path, tta: bool | None
               "submission.csv has no rows for them", file=sys.stderr)
         return 3
     return 0
+
+
+def evaluate_on_engine(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """steelseg evaluate --engine ray: the split predicted in parts by Ray tasks."""
+    from steelseg.engine.evaluate import evaluate_on_ray
+    from steelseg.engine.tasks import TaskOptions
+
+    if args.workers is not None and args.workers < 1:
+        raise SteelsegError(f"--workers {args.workers}: must be >= 1")
+    spec = {"runs": [str(Path(r).resolve()) for r in args.runs], "tta": bool(args.tta), "device": device(args.device),
+            "classifiers": [str(Path(c).resolve()) for c in args.classifier or []],
+            "bundle": str(Path(args.bundle).resolve()) if args.bundle else None, "backend": args.backend}
+    return evaluate_on_ray(spec, args.data, out, args.split, TaskOptions(args.address, args.workers))
+
+
+def add_eval_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local (default): this process; ray: the split predicted in parts by Ray tasks (an embedded "
+                        "instance, or a cluster with --address; the data on a file system every node shares), "
+                        "merged into the same files")
+    p.add_argument("--address", default=None, help="--engine ray: auto or HOST:PORT of a running cluster")
+    p.add_argument("--workers", type=int, default=None, help="--engine ray: tasks at once (default: half the "
+                   "cluster's CPUs); the split is cut into 4 parts a worker")
 
 
 def cmd_job(args: argparse.Namespace) -> int:

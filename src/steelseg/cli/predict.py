@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steelseg.cli.archive import add_engine_args, predict_archive_cmd
+from steelseg.cli.archive import add_engine_args, add_eval_engine_args, predict_archive_cmd
 from steelseg.cli.common import add_backend_args, add_pipeline_args, add_tile_args, class_names, device, table
 from steelseg.errors import SteelsegError
 
@@ -35,15 +35,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from steelseg.inference.evaluation import evaluate
     from steelseg.inference.predictor import Predictor
 
+    if args.engine != "ray" and (args.address or args.workers):
+        raise SteelsegError("--address and --workers are for --engine ray")
+    if not args.bundle and not args.runs:
+        raise SteelsegError("give run folders (RUN...) or --bundle")
     predictor = None
-    if args.bundle:
+    if args.bundle and args.engine != "ray":
         predictor = Predictor.from_bundle(args.bundle, device=device(args.device), tta=args.tta or None,
                                           backend=args.backend, threads=args.threads)
-    elif not args.runs:
-        raise SteelsegError("give run folders (RUN...) or --bundle")
     out = args.out or (Path(args.runs[0] if args.runs else args.bundle) / f"eval-{args.split}")
-    res = evaluate(args.runs, args.data, out, args.split, args.classifier or [], args.tta, None, predictor,
-                   progress=sys.stderr.isatty(), device=device(args.device))
+    if args.engine == "ray":
+        from steelseg.cli.archive import evaluate_on_engine
+
+        res = evaluate_on_engine(args, out)
+    else:
+        res = evaluate(args.runs, args.data, out, args.split, args.classifier or [], args.tta, None, predictor,
+                       progress=sys.stderr.isatty(), device=device(args.device))
     _print_eval(res)
     print(f"\nwrote {out}/metrics.json, per_image.csv, predictions.npz")
     return 0
@@ -345,6 +352,7 @@ def register(sub: Any) -> None:
     p.add_argument("--bundle", default=None, help="evaluate a bundle (with its post-processing) instead")
     add_backend_args(p)
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/eval-SPLIT)")
+    add_eval_engine_args(p)
     p.set_defaults(func=cmd_evaluate, reads={"runs": True, "bundle": True, "classifier": True, "data": False})
 
     p = sub.add_parser("tune", help="tune thresholds / minimum areas / gates and write a bundle",

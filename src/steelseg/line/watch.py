@@ -215,6 +215,9 @@ class _Watcher:
             (cfg.out / "overlays").mkdir(parents=True, exist_ok=True)
         skip = [cfg.out] + ([cfg.archive] if cfg.archive else [])
         self.inbox = _Inbox(cfg, skip)
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.reader = ThreadPoolExecutor(1, thread_name_prefix="steelseg-watch-read")
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.cfg.in_dir).as_posix()
@@ -332,11 +335,16 @@ class _Watcher:
         ready = self.inbox.ready()
         if not ready:
             return False
-        for k in range(0, len(ready), self.cfg.batch):
-            items = self.load(ready[k:k + self.cfg.batch])
+        chunks = [ready[k:k + self.cfg.batch] for k in range(0, len(ready), self.cfg.batch)]
+        nxt = self.reader.submit(self.load, chunks[0])
+        for k in range(len(chunks)):
+            items = nxt.result()
+            if k + 1 < len(chunks):  # the next batch is read while this one is predicted (a backlog's pace)
+                nxt = self.reader.submit(self.load, chunks[k + 1])
             if items:
                 self.run_batch(items)
             if self.stop.is_set() or self.full():
+                nxt.result()  # read but not predicted: still in the inbox, predicted on the next pass or run
                 break
         return True
 
@@ -393,6 +401,7 @@ def watch(cfg: WatchConfig, stop: threading.Event | None = None,
             obs.join(timeout=5)
         if w.metrics is not None:
             w.metrics.close()
+        w.reader.shutdown(wait=True)
         w.log.close()
     say(w.stats.line(len(w.inbox.seen)))
     return w.stats
