@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.steelseg-installed
 DEMO ?= runs/demo
 
-.PHONY: setup demo test bench image clean
+.PHONY: setup demo test bench image image-torch clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 image: $(STAMP)
 	@b="$${SMOKE_BUNDLE:-}"; if [ -z "$$b" ]; then rm -rf .image-smoke && $(PY) deploy/image/smoke_bundle.py .image-smoke >/dev/null && b=.image-smoke/onnx; fi; \
 	PY=$(PY) SMOKE_BUNDLE=$$b deploy/image/make-image.sh onnx
+
+# the torch target (PyTorch bundles too; PyTorch from PyPI brings its CUDA libraries), smoke-run on a PyTorch bundle
+image-torch: $(STAMP)
+	@b="$${SMOKE_BUNDLE:-}"; if [ -z "$$b" ]; then rm -rf .image-smoke && $(PY) deploy/image/smoke_bundle.py .image-smoke >/dev/null && b=.image-smoke/torch; fi; \
+	PY=$(PY) SMOKE_BUNDLE=$$b deploy/image/make-image.sh torch
 
 bench: $(STAMP)
 	$(PY) bench/rle.py

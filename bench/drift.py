@@ -90,10 +90,13 @@ def main() -> None:
     quiet = DriftMonitor(ref, cfg)
     for k in rng.integers(0, len(pool), a.stream):
         quiet.add(pool[k])
-    flagged = [v for v in quiet.verdicts if any(r["level"] in ("warn", "alert") for r in v["rows"])]
+    alerts = [v for v in quiet.verdicts if any(r["level"] == "alert" for r in v["rows"])]
+    warns = [v for v in quiet.verdicts if v not in alerts and any(r["level"] == "warn" for r in v["rows"])]
+    first = (alerts or warns or [None])[0]
     print(f"reference: {ref.images} images; unchanged stream: {a.stream} images, {len(quiet.verdicts)} windows, "
-          f"{len(flagged)} with a warning or an alert" + (f" (first: {describe(flagged[0]['rows'])})" if flagged else ""))
-    ok = not flagged
+          f"{len(alerts)} with an alert (the goal: none; the shipped Prometheus rules fire on alerts), {len(warns)} "
+          "with a warning only" + (f" (first: {describe(first['rows'])})" if first else ""))
+    ok = not alerts
     for name, (change, want) in DRIFTS.items():
         ds = _set(a.work, "jump", a.window, 23, a.height, a.width, free=0.05) if change is None else \
             _set(a.work, "window", a.window, 24, a.height, a.width)

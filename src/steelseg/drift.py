@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from steelseg.metrics import class_max
+
 __all__ = ["LEVELS", "DriftConfig", "DriftGauges", "DriftMonitor", "Reference", "compare", "describe", "excess_psi", "image_signals", "psi",
            "psi_noise",
            "worst"]
@@ -46,11 +48,10 @@ class DriftConfig:
 def image_signals(image: np.ndarray, probs: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
     """The signals of one image: (H, W[, 3]) uint8 input, (H, W, C) probabilities and masks."""
     gray = image if image.ndim == 2 else image.mean(axis=2)
-    flat = probs.reshape(-1, probs.shape[-1])
     return {"brightness": float(gray.mean()), "contrast": float(gray.std()),
             "size": f"{image.shape[1]}x{image.shape[0]}",
-            "scores": [float(v) for v in flat.max(axis=0)],
-            "found": [bool(v) for v in masks.reshape(-1, masks.shape[-1]).any(axis=0)]}
+            "scores": [float(v) for v in class_max(probs)],
+            "found": [bool(v) for v in class_max(masks)]}
 
 
 def psi(ref: np.ndarray, win: np.ndarray) -> float:

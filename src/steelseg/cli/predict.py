@@ -224,9 +224,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from steelseg.inference.predict import predict_folder
-
     from steelseg.cli.line import resolve_bundle
+    from steelseg.inference.predict import predict_folder
 
     tta = True if args.tta else (False if args.no_tta else None)
     bundle, _ = resolve_bundle(args.bundle, args.registry)

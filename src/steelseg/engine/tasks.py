@@ -1,8 +1,8 @@
 """Whole jobs as Ray tasks: one call of ``fn`` per argument tuple, several at once across the cluster (a fold of
 ``steelseg fit`` per worker, a GPU each where the cluster has them), results handed back as each task ends.
 A task whose worker or node dies is run again by Ray (``retries``); the callable must make that safe (a fold
-resumes from its checkpoint). Each task asks for its share of the cluster's CPUs and is told how many threads
-that is; one larger than any node can give is refused here rather than left pending for ever."""
+resumes from its checkpoint). Each task asks for its share of the cluster's CPUs (capped at the largest node's,
+so no task waits for ever for a node that does not exist) and is told how many threads that is."""
 
 from __future__ import annotations
 
@@ -43,9 +43,10 @@ def _shares(resources: dict[str, float], biggest_node: float, n: int, workers: i
 
 
 def run_tasks(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], opts: TaskOptions,
-              say: Callable[[str], None] = print) -> Iterator[tuple[int, str, Any]]:
+              say: Callable[[str], None] = print,
+              status: Callable[[], str] | None = None) -> Iterator[tuple[int, str, Any]]:
     """(index into ``args``, the node it ran on, its result) as tasks end; ``fn(*a, threads=T)`` runs in a Ray
-    worker."""
+    worker. ``status`` adds the tasks' own progress to the line said every ``opts.every`` seconds."""
     with ray_session(opts.address) as (ray, _):
         nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
         workers, cpus, gpus = _shares(ray.cluster_resources(), max(nodes or [1.0]), len(args), opts.workers)
@@ -62,7 +63,9 @@ def run_tasks(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], opts: Tas
                 running[remote.remote(fn, a, threads)] = k
             done, _ = ray.wait(list(running), num_returns=1, timeout=opts.every)
             if not done:
-                say(f"ray: {len(running)} task(s) running, {len(queue)} waiting ({(time.time() - t0) / 60:.1f} min)")
+                extra = f": {status()}" if status else ""
+                say(f"ray: {len(running)} task(s) running, {len(queue)} waiting ({(time.time() - t0) / 60:.1f} min)"
+                    f"{extra}")
                 continue
             k = running.pop(done[0])
             node, value = _result(ray, done[0])

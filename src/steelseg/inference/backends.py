@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from steelseg.errors import DataError
-from steelseg.models.checkpoint import model_file, read_model_json
 from steelseg.inference.padding import STRIDE, check_inner_pad, pad_to_stride
+from steelseg.models.checkpoint import model_file, read_model_json
 from steelseg.schema import ModelMeta
 
 __all__ = ["STRIDE", "OnnxRunner", "Runner", "TorchRunner", "load_runner", "model_format", "pad_to_stride"]

@@ -126,8 +126,8 @@ def predict_part(predictor: Predictor, sub: DefectDataset, ids: Sequence[str], s
         part.dice[i] = metrics.kaggle_dice(pred.masks[None], true[None]).per_pair[0]
         part.cm += metrics.confusion_matrix(metrics.labels_from_masks(pred.masks), metrics.labels_from_masks(true),
                                             k + 1)
-        part.peaks[i] = pred.probs.reshape(-1, k).max(axis=0)
-        part.found[i] = pred.masks.reshape(-1, k).any(axis=0)
+        part.peaks[i] = metrics.class_max(pred.probs)
+        part.found[i] = metrics.class_max(pred.masks) > 0
         if pred.gate is not None:
             part.gates.append(pred.gate)
         if pred.gate_any is not None:

@@ -32,6 +32,7 @@ from steelseg.data.images import list_images
 from steelseg.data.kaggle import write_kaggle_csv
 from steelseg.errors import DataError
 from steelseg.fsutil import atomic_text, atomic_write, staged_dir
+from steelseg.metrics import class_max
 
 __all__ = ["PSEUDO_FILE", "RULES", "PseudoConfig", "accept_1st", "confidence", "pseudo_label", "select"]
 
@@ -97,7 +98,7 @@ def select(probs: np.ndarray, present: np.ndarray, cfg: PseudoConfig) -> tuple[n
 def _image_level(pred: Any) -> np.ndarray:
     if pred.gate is not None:
         return np.asarray(pred.gate, np.float64)
-    return pred.probs.reshape(-1, pred.probs.shape[-1]).max(axis=0).astype(np.float64)
+    return class_max(pred.probs).astype(np.float64)
 
 
 def _predict(predictor: Any, images: list[Path], progress: bool) -> Iterable[tuple[Path, np.ndarray, np.ndarray]]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from steelseg.inference.postprocess import PostProcess
-from steelseg.metrics import dice_from_counts
+from steelseg.metrics import class_max, dice_from_counts
 
 __all__ = ["AREA_FRACTIONS", "GATES", "OFF", "SCALES", "THRESHOLDS", "TuneReport", "above_per_image", "detected_from_histograms",
            "detected_images", "dice_grid", "image_thresholds", "tune_min_component", "tune_postprocess",
@@ -283,6 +283,6 @@ def detected_images(probs_q: np.ndarray, pp: PostProcess, gate: np.ndarray | Non
         g = None if gate is None else gate[i]
         ga = None if gate_any is None else float(gate_any[i])
         masks = postprocess.apply(probs_q[i].astype(np.float64) / LEVELS, pp, g, ga)  # q > t * 255, as tuned
-        out[i] = masks.reshape(-1, masks.shape[-1]).any(axis=0)
+        out[i] = class_max(masks) > 0
     return out
 

@@ -53,10 +53,15 @@ class ResultLog:
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one row and make it durable before returning (the caller archives the image only then)."""
-        self._fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+        self.append_all([row])
+
+    def append_all(self, rows: list[dict[str, Any]]) -> None:
+        """Write rows and make them durable, with one fsync, before returning (a kill part way leaves whole rows
+        and at most one cut-short last line, which the next start drops)."""
+        self._fh.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        self.done.add(row["key"])
+        self.done.update(r["key"] for r in rows)
 
     def close(self) -> None:
         self._fh.close()

@@ -275,11 +275,15 @@ class _Watcher:
         t0 = time.perf_counter()
         preds = self.predictor.predict([img for _, _, img, _ in items])
         self.stats.predict_seconds += time.perf_counter() - t0
+        done = []
         for (path, key, img, at), pred in zip(items, preds):
             latency = time.monotonic() - at
             signals = image_signals(img, pred.probs, pred.masks)
-            row = _row(key, self.rel(path), pred, self.predictor.class_names, latency, signals, self.cfg.bundle)
-            self.log.append(row)
+            done.append((path, pred, signals, latency,
+                         _row(key, self.rel(path), pred, self.predictor.class_names, latency, signals,
+                              self.cfg.bundle)))
+        self.log.append_all([row for *_, row in done])  # durable, one fsync a batch, before any image moves
+        for path, pred, signals, latency, row in done:
             if self.metrics is not None:
                 self.metrics.image({n: c["found"] for n, c in row["classes"].items()}, latency)
             self.judge(signals)

@@ -73,6 +73,15 @@ def train_fold_task(out: str, k: int, folds_csv: str | None, cwd: str, *, thread
             "resumed": resumed}
 
 
+def _last_step(run: Path) -> int:
+    """The optimiser step of the fold's last finished epoch (its metrics.csv), 0 before the first."""
+    try:
+        lines = (run / "metrics.csv").read_text().strip().splitlines()
+        return int(lines[-1].split(",")[1]) if len(lines) > 1 else 0
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def train_folds_on_ray(out: Path, plan: Plan, folds_csv: Path | None, todo: list[int], opts: Any) -> list[dict]:
     """The folds in ``todo`` as Ray tasks (:func:`steelseg.engine.tasks.run_tasks`); what each task returned."""
     from steelseg.engine.tasks import run_tasks
@@ -82,7 +91,11 @@ def train_folds_on_ray(out: Path, plan: Plan, folds_csv: Path | None, todo: list
 
     args = [(str(out), k, None if folds_csv is None else str(folds_csv), os.getcwd()) for k in todo]
     done = []
-    for i, node, res in run_tasks(train_fold_task, args, opts, say):
+
+    def status() -> str:
+        return " · ".join(f"fold {k + 1} step {_last_step(out / 'runs' / f'fold{k}')}/{plan.steps}" for k in todo)
+
+    for i, node, res in run_tasks(train_fold_task, args, opts, say, status):
         res["node"] = node
         say(f"fold {todo[i] + 1}/{plan.folds} {'resumed and ' if res['resumed'] else ''}trained on {res['worker']}"
             f"@{node} in {res['seconds'] / 60:.1f} min ({res['threads']} thread(s)), evaluated on its validation "
