@@ -63,7 +63,8 @@ def evaluate_on_engine(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     spec = {"runs": [str(Path(r).resolve()) for r in args.runs], "tta": bool(args.tta), "device": device(args.device),
             "classifiers": [str(Path(c).resolve()) for c in args.classifier or []],
             "bundle": str(Path(args.bundle).resolve()) if args.bundle else None, "backend": args.backend}
-    return evaluate_on_ray(spec, args.data, out, args.split, TaskOptions(args.address, args.workers))
+    named = ([str(r) for r in args.runs], [str(c) for c in args.classifier or []])
+    return evaluate_on_ray(spec, args.data, out, args.split, TaskOptions(args.address, args.workers), named=named)
 
 
 def add_eval_engine_args(p: argparse.ArgumentParser) -> None:

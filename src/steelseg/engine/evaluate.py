@@ -39,25 +39,27 @@ def eval_part_task(spec: dict[str, Any], data: str, ids: list[str], save_probs: 
 
 
 def evaluate_on_ray(spec: dict[str, Any], data: str | Path, out: str | Path, split: str, opts: TaskOptions,
-                    save_probs: bool = True) -> dict[str, Any]:
+                    save_probs: bool = True, named: tuple[list[str], list[str]] | None = None) -> dict[str, Any]:
     """:func:`steelseg.inference.evaluation.evaluate` with the split's parts predicted by Ray tasks. ``spec``: what a
     task needs to load the same predictor (``runs``, ``classifiers``, ``tta``, ``device``; or ``bundle`` and
-    ``backend``)."""
+    ``backend``), with absolute paths; ``named``: the runs and classifiers as the user gave them, which metrics.json
+    records (``tune`` reuses saved predictions only when they name the same models and data)."""
     from steelseg.inference.evaluation import evaluate
 
-    data = str(Path(data).resolve())
+    where = str(Path(data).resolve())  # the workers' working folders are not the driver's
 
     def say(line: str) -> None:
         print(f"evaluate: {line}", file=sys.stderr, flush=True)
 
     def runner(parts: list[list[str]]) -> list[Any]:
         got: dict[int, Any] = {}
-        for k, _, part in run_tasks(eval_part_task, [(spec, data, ids, save_probs) for ids in parts], opts, say):
+        for k, _, part in run_tasks(eval_part_task, [(spec, where, ids, save_probs) for ids in parts], opts, say):
             got[k] = part
             say(f"{len(got)}/{len(parts)} part(s) predicted")
         return [got[k] for k in range(len(parts))]
 
     predictor = _predictor(spec, 1)  # here only for the class names, TTA and post-processing the metrics name
+    runs, classifiers = named or (spec.get("runs", []), spec.get("classifiers", []))
     workers = opts.workers or 2
-    return evaluate(spec.get("runs", []), data, out, split, spec.get("classifiers", []), spec["tta"], None, predictor,
-                    save_probs, parts=(workers * PARTS_PER_WORKER, runner))
+    return evaluate(runs, data, out, split, classifiers, spec["tta"], None, predictor, save_probs,
+                    parts=(workers * PARTS_PER_WORKER, runner))
